@@ -1,0 +1,166 @@
+"""Engine configuration: one frozen dataclass, validated once, serialised into every artifact.
+
+Defaults live here and only here (DESIGN.md section 13). CLI options and ``run(**options)`` resolve onto it
+through :meth:`EngineConfig.from_options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+INPUT_MODES = ("work", "full")
+QUERY_ENCODERS = ("attributes",)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that shapes the per-frame graph and the engine around it.
+
+    Attributes:
+        grid: cells (rows, columns) of the relevance map.
+        cell_px: work-resolution pixels per cell side; the work resolution is ``grid * cell_px``.
+        k: maximum number of selected cells (a maximum, not a quota: see ``relevance_floor``).
+        relevance_floor: a top-K cell is selected (``valid``) only if its relevance is at least this, in [0, 1].
+        explore_share: share of ``k`` picked with inhibition of return from the fixation history, in [0, 1).
+        max_total_budget: cap on the sum of foveal token budgets per frame (>= 64).
+        crop_cells: side of a foveal crop window in cells.
+        patch_px: source pixels per vision token side of the downstream VLM (crop side = n * patch_px).
+        max_foveal: candidates examined for a foveal budget, in score order.
+        kappa: exponent of the budget curve ``64 + 336 * s ** kappa``.
+        gap_limit_s: a time step longer than this resets the temporal state.
+        tau_relevance_s: time constant of the relevance cache (decay ``exp(-dt / tau)``).
+        tau_fixation_s: time constant of the fixation history.
+        motion_boost: weight of the motion channel added to the output relevance (never cached).
+        min_scene_len_s: no cut is reported within this many seconds of the previous reset.
+        cut_threshold: scene score above which a frame is a cut, in (0, 1).
+        flow_radius: block-matching search radius in flow-resolution pixels (flow resolution = work / 4).
+        clusters: k-means clusters on the grid (cluster channels, diversification).
+        input_mode: ``"work"``: frames arrive resized to the work resolution (decoder or CPU area resize);
+            ``"full"``: frames arrive at ``frame_size`` and the graph does the area downscale.
+        frame_size: (H, W) of full frames; required with ``input_mode="full"``.
+        query_encoder: name of the query encoder (``"attributes"``).
+        device: torch device string for the torch backend.
+        params: opponent-processing constants (see :data:`DEFAULT_PARAMS`).
+    """
+
+    grid: tuple[int, int] = (32, 32)
+    cell_px: int = 8
+    k: int = 200
+    relevance_floor: float = 0.3
+    explore_share: float = 0.25
+    max_total_budget: int = 1024
+    crop_cells: int = 4
+    patch_px: int = 28
+    max_foveal: int = 16
+    kappa: float = 1.5
+    gap_limit_s: float = 0.5
+    tau_relevance_s: float = 0.1
+    tau_fixation_s: float = 1.0
+    motion_boost: float = 0.3
+    min_scene_len_s: float = 0.5
+    cut_threshold: float = 0.5
+    flow_radius: int = 4
+    clusters: int = 6
+    input_mode: str = "work"
+    frame_size: tuple[int, int] | None = None
+    query_encoder: str = "attributes"
+    device: str = "cpu"
+    params: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(v) for v in self.grid))
+        if self.frame_size is not None:
+            object.__setattr__(self, "frame_size", tuple(int(v) for v in self.frame_size))
+        object.__setattr__(self, "params", {**DEFAULT_PARAMS, **self.params})
+        self._validate()
+
+    @property
+    def work_size(self) -> tuple[int, int]:
+        """Work resolution (H, W) in pixels."""
+        return self.grid[0] * self.cell_px, self.grid[1] * self.cell_px
+
+    @property
+    def cells(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def explore_k(self) -> int:
+        """Slots of ``k`` that go to cells picked with inhibition of return."""
+        return int(round(self.k * self.explore_share))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "EngineConfig":
+        """Build a config from keyword options, naming any unknown option."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; valid options: {sorted(names)}")
+        return cls(**options)
+
+    def _validate(self) -> None:
+        gh, gw = self.grid
+        _check(len(self.grid) == 2 and gh >= 4 and gw >= 4, f"grid must be (rows, cols) >= 4, got {self.grid}")
+        _check(self.cell_px >= 4 and self.cell_px % 4 == 0, f"cell_px must be a multiple of 4, >= 4, got {self.cell_px}")
+        _check(1 <= self.k <= min(self.cells, 3840),
+               f"k must be in [1, min(cells={self.cells}, 3840)], got {self.k} for grid {self.grid}")
+        _check(0.0 <= self.relevance_floor <= 1.0, f"relevance_floor must be in [0, 1], got {self.relevance_floor}")
+        _check(0.0 <= self.explore_share < 1.0, f"explore_share must be in [0, 1), got {self.explore_share}")
+        _check(self.max_total_budget >= 64, f"max_total_budget must be >= 64, got {self.max_total_budget}")
+        _check(1 <= self.crop_cells <= min(self.grid), f"crop_cells must be in [1, {min(self.grid)}], got {self.crop_cells}")
+        _check(self.patch_px >= 1, f"patch_px must be >= 1, got {self.patch_px}")
+        _check(1 <= self.max_foveal <= self.k, f"max_foveal must be in [1, k={self.k}], got {self.max_foveal}")
+        _check(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
+        for name in ("gap_limit_s", "tau_relevance_s", "tau_fixation_s"):
+            _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        _check(self.motion_boost >= 0, f"motion_boost must be >= 0, got {self.motion_boost}")
+        _check(self.min_scene_len_s >= 0, f"min_scene_len_s must be >= 0, got {self.min_scene_len_s}")
+        _check(0.0 < self.cut_threshold < 1.0, f"cut_threshold must be in (0, 1), got {self.cut_threshold}")
+        _check(1 <= self.flow_radius <= 8, f"flow_radius must be in [1, 8], got {self.flow_radius}")
+        _check(2 <= self.clusters <= 16, f"clusters must be in [2, 16], got {self.clusters}")
+        _check(self.input_mode in INPUT_MODES, f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
+        if self.input_mode == "full":
+            _check(self.frame_size is not None and min(self.frame_size) >= min(self.work_size),
+                   f"input_mode='full' needs frame_size (H, W) at least the work size {self.work_size}, "
+                   f"got {self.frame_size}")
+        _check(self.query_encoder in QUERY_ENCODERS,
+               f"unsupported query_encoder {self.query_encoder!r}; available: {QUERY_ENCODERS}")
+        unknown = sorted(set(self.params) - set(DEFAULT_PARAMS))
+        _check(not unknown, f"unknown params {unknown}; valid: {sorted(DEFAULT_PARAMS)}")
+        for name, (lo, hi) in PARAM_RANGES.items():
+            v = self.params[name]
+            _check(lo <= v <= hi and math.isfinite(v), f"params[{name!r}] must be in [{lo}, {hi}], got {v}")
+
+
+# Opponent-processing constants (DESIGN.md section 5). Kept as frozen nn.Parameters in the graph so a later
+# fitting step can learn them; each has a validated range.
+DEFAULT_PARAMS: dict[str, float] = {
+    "query_share": 0.75,      # exploit the query vs. explore query-free structure, when a query is given
+    "particularize": 0.5,     # propositional (detail) vs. perspectival (salience) in the query-free base
+    "diversify": 0.1,         # bonus for the best cell of each cluster (focus vs. diversify)
+    "inhibition": 0.8,        # inhibition of return applied to the explore slots
+    "saliency_memory": 0.5,   # weight of the warped previous saliency (stabilises saliency)
+    "foveal_falloff": 0.5,    # perspectival attenuation at eccentricity 1
+    "nms_iou": 0.25,          # foveal windows overlapping more than this are suppressed
+}
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "query_share": (0.0, 1.0),
+    "particularize": (0.0, 1.0),
+    "diversify": (0.0, 0.5),
+    "inhibition": (0.0, 1.0),
+    "saliency_memory": (0.0, 0.95),
+    "foveal_falloff": (0.0, 1.0),
+    "nms_iou": (0.0, 1.0),
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
