@@ -1,0 +1,341 @@
+"""Texture stage: the 40 named channels of DESIGN.md section 4 at grid resolution.
+
+Everything is computed at the work resolution and reduced to the cell grid with fixed scales (a constant
+divisor, clamp or tanh), never a per-frame min-max, so values compare across frames, videos and backends.
+Filters are maxima of shifted slices and fixed 3x3 convolutions: cheap on a CPU and exportable to every
+TensorRT version (no DFT, no cubic or antialiased resize).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .channels import CHANNELS, CLIP_CHANNELS
+
+# Fixed scales: the value of each raw statistic that maps to tanh(1) ~ 0.76. Chosen on real clips
+# (bikes, bigbuckbunny) so typical textured regions sit mid-range and strong structure saturates.
+EDGE_SCALE = 0.05       # cell-mean Sobel magnitude (gradient in intensity per pixel)
+HIGHPASS_SCALE = 0.1    # cell-mean |Laplacian|
+FLAT_SCALE = 0.05       # cell luminance std
+MOTION_DEADZONE = 0.015  # cell-mean |dI| below this is sensor / compression noise
+MOTION_SCALE = 0.05
+SALIENCY_SCALE = 0.3
+STROKE_CONTRAST_FLOOR = 0.1  # DESIGN.md: max(local contrast, 0.1) keeps flat noise from looking like strokes
+STROKE_LOW, STROKE_HIGH = 0.25, 0.5  # pixel ratio ramp: noise sits below, a contrast-0.05 stroke at 0.5
+STROKE_DENSITY = 4.0    # a 1-px stroke covers 1/8 of an 8-px cell
+STRONG_EDGE = 0.5       # grid edge value that counts as a strong edge for edge_distance
+EDGE_DISTANCE_STEPS = 16  # distances beyond 16 cells saturate
+KMEANS_ITERS = 5
+KMEANS_POS_WEIGHT = 0.5
+EPS = 1e-3
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_DERIVATIVES = torch.stack([_SOBEL_X, _SOBEL_X.t(), _LAPLACE])[:, None]  # [3, 1, 3, 3]: gx, gy, Laplacian
+
+
+def luminance(rgb: Tensor) -> Tensor:
+    """Rec. 601 luma of an RGB image.
+
+    Args:
+        rgb: [B, 3, H, W] in [0, 1].
+
+    Returns:
+        [B, 1, H, W] in [0, 1].
+    """
+    return 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+
+
+def max_filter(x: Tensor, size: int) -> Tensor:
+    """Separable ``size`` x ``size`` maximum filter with edge replication, as maxima of shifted slices.
+
+    A maximum of slices is ~25x faster than a stride-1 ``max_pool2d`` at 256x256 and exports to plain
+    Slice/Max nodes (DESIGN.md section 12).
+
+    Args:
+        x: [B, C, H, W]. size: odd window side.
+
+    Returns:
+        [B, C, H, W].
+    """
+    r = size // 2
+    h, w = x.shape[-2:]
+    p = F.pad(x, (r, r, 0, 0), mode="replicate")
+    out = p[..., :, 0:w]
+    for i in range(1, size):
+        out = torch.maximum(out, p[..., :, i:i + w])
+    p = F.pad(out, (0, 0, r, r), mode="replicate")
+    out = p[..., 0:h, :]
+    for i in range(1, size):
+        out = torch.maximum(out, p[..., i:i + h, :])
+    return out
+
+
+def derivatives(y: Tensor) -> Tensor:
+    """Sobel x, Sobel y (normalised to intensity per pixel) and Laplacian, edge-replicated, in one convolution.
+
+    Args:
+        y: [B, 1, H, W].
+
+    Returns:
+        [B, 3, H, W].
+    """
+    return F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), _DERIVATIVES.to(y))
+
+
+def to_grid(x: Tensor, cell_px: int) -> Tensor:
+    """Cell means. [B, C, H, W] -> [B, C, H / cell_px, W / cell_px]."""
+    return F.avg_pool2d(x, cell_px)
+
+
+def stroke_response(y: Tensor) -> Tensor:
+    """Polarity-aware thin-structure response per pixel.
+
+    max(top-hat, black-hat) of luminance with a 5x5 element, over max(local contrast, 0.1), ramped so that
+    flat noise scores 0 and 1-px strokes at contrast 0.05 score 1.
+
+    Args:
+        y: [B, 1, H, W] luminance in [0, 1].
+
+    Returns:
+        [B, 1, H, W] in [0, 1].
+    """
+    # two-channel passes halve the per-op overhead: [dilation, -erosion], then [opening, -closing]
+    m = max_filter(torch.cat([y, -y], dim=1), 5)
+    dil, ero = m[:, 0:1], -m[:, 1:2]
+    oc = max_filter(torch.cat([ero, -dil], dim=1), 5)
+    tophat = y - oc[:, 0:1]
+    blackhat = -oc[:, 1:2] - y
+    ratio = torch.maximum(tophat, blackhat) / torch.clamp(dil - ero, min=STROKE_CONTRAST_FLOOR)
+    return torch.clamp((ratio - STROKE_LOW) / (STROKE_HIGH - STROKE_LOW), 0.0, 1.0)
+
+
+def saliency_map(rgb: Tensor, cell_px: int) -> Tensor:
+    """Bottom-up centre-surround saliency on the work-resolution pyramid, at grid resolution.
+
+    Luminance and two colour-opponent maps (R-G, B-Y) at two pyramid levels (cell/2 and cell); each level's
+    centre is compared with a 9x9 local mean of the same level. No FFT, so it exports to TensorRT.
+
+    Args:
+        rgb: [B, 3, H, W] in [0, 1]. cell_px: pixels per cell.
+
+    Returns:
+        [B, 1, H / cell_px, W / cell_px] in [0, 1].
+    """
+    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+    feats = torch.cat([luminance(rgb), r - g, b - 0.5 * (r + g)], dim=1)  # [B, 3, H, W]
+    total = 0.0
+    for pool in (cell_px // 2, cell_px):
+        centre = F.avg_pool2d(feats, pool)
+        surround = F.avg_pool2d(centre, 9, stride=1, padding=4, count_include_pad=False)
+        cs = (centre - surround).abs().sum(dim=1, keepdim=True)
+        total = total + F.avg_pool2d(cs, cell_px // pool)
+    return torch.tanh(total / SALIENCY_SCALE)
+
+
+def lab_ab(rgb_cells: Tensor) -> Tensor:
+    """a*, b* (CIE Lab, D65) of sRGB cell means, scaled to (v + 128) / 255.
+
+    Converting cell means instead of pixels costs 0.25 ms instead of 3 ms (DESIGN.md section 12).
+
+    Args:
+        rgb_cells: [B, 3, gh, gw] in [0, 1].
+
+    Returns:
+        [B, 2, gh, gw] in [0, 1].
+    """
+    c = torch.clamp(rgb_cells, 0.0, 1.0)
+    lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                      [0.2126729, 0.7151522, 0.0721750],
+                      [0.0193339, 0.1191920, 0.9503041]], dtype=c.dtype, device=c.device)
+    xyz = torch.einsum("ij,bjhw->bihw", m, lin)
+    white = torch.tensor([0.95047, 1.0, 1.08883], dtype=c.dtype, device=c.device).view(1, 3, 1, 1)
+    t = xyz / white
+    f = torch.where(t > 0.008856, torch.clamp(t, min=0.008856) ** (1.0 / 3.0), 7.787 * t + 16.0 / 116.0)
+    a = 500.0 * (f[:, 0:1] - f[:, 1:2])
+    bb = 200.0 * (f[:, 1:2] - f[:, 2:3])
+    return torch.clamp((torch.cat([a, bb], dim=1) + 128.0) / 255.0, 0.0, 1.0)
+
+
+def edge_distance(edge: Tensor) -> Tensor:
+    """Chessboard distance (in cells) to the nearest strong-edge cell, over the grid diagonal.
+
+    Grown by repeated 3x3 dilation for a fixed number of steps, so distances saturate at 16 cells instead of
+    depending on the image.
+
+    Args:
+        edge: [B, 1, gh, gw] edge channel in [0, 1].
+
+    Returns:
+        [B, 1, gh, gw] in [0, 1].
+    """
+    gh, gw = edge.shape[-2:]
+    reached = (edge > STRONG_EDGE).to(edge.dtype)
+    dist = torch.zeros_like(edge)
+    for _ in range(EDGE_DISTANCE_STEPS):
+        dist = dist + (1.0 - reached)
+        reached = F.max_pool2d(reached, 3, stride=1, padding=1)  # cheap at grid size
+    return dist / math.hypot(gh, gw)
+
+
+def kmeans_grid(features: Tensor, pos: Tensor, clusters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Fixed-iteration k-means of grid cells in feature + position space.
+
+    Centroids start at the cells of a fixed spread of positions, so the result is deterministic and the graph
+    static. Empty clusters keep their previous centroid.
+
+    Args:
+        features: [B, N, D] per-cell features (colour, and CLIP when present).
+        pos: [N, 2] cell centres (x, y) in [0, 1].
+        clusters: k.
+
+    Returns:
+        one_hot [B, N, k] float assignment, centroid_pos [B, k, 2] in [0, 1], counts [B, k].
+    """
+    bsz, n, _ = features.shape
+    pts = torch.cat([features, KMEANS_POS_WEIGHT * pos.expand(bsz, n, 2)], dim=-1)  # [B, N, D + 2]
+    seeds = torch.linspace(0, n - 1, clusters + 2, device=features.device)[1:-1].round().long()
+    cent = pts[:, seeds]  # [B, k, D + 2]
+    ids = torch.arange(clusters, device=features.device)
+    for _ in range(KMEANS_ITERS):
+        d = _sq_dist(pts, cent)  # [B, N, k]
+        one_hot = (d.argmin(dim=-1, keepdim=True) == ids).to(pts.dtype)  # [B, N, k]
+        counts = one_hot.sum(dim=1)  # [B, k]
+        sums = torch.einsum("bnk,bnd->bkd", one_hot, pts)
+        cent = (sums + EPS * cent) / (counts[..., None] + EPS)
+    one_hot = (_sq_dist(pts, cent).argmin(dim=-1, keepdim=True) == ids).to(pts.dtype)
+    counts = one_hot.sum(dim=1)
+    centroid_pos = torch.einsum("bnk,nd->bkd", one_hot, pos) / (counts[..., None] + EPS)
+    return one_hot, centroid_pos, counts
+
+
+def _sq_dist(a: Tensor, b: Tensor) -> Tensor:
+    """Squared distances without the [B, N, k, D] intermediate. [B, N, D], [B, k, D] -> [B, N, k]."""
+    return (a * a).sum(-1, keepdim=True) - 2.0 * a @ b.transpose(1, 2) + (b * b).sum(-1)[:, None, :]
+
+
+def grid_positions(grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Cell centres and eccentricity.
+
+    Returns:
+        pos [N, 2] as (x, y) in [0, 1], row-major over the grid; eccentricity [N] in [0, 1].
+    """
+    gh, gw = grid
+    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) / gh
+    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    pos = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
+    ecc = torch.clamp(torch.linalg.vector_norm(pos - 0.5, dim=-1) / 0.7071, 0.0, 1.0)
+    return pos, ecc
+
+
+def texture(
+    rgb: Tensor,
+    luma: Tensor,
+    motion: Tensor,
+    flow: Tensor,
+    caches: Tensor,
+    pos: Tensor,
+    ecc: Tensor,
+    cell_px: int,
+    clusters: int,
+    flow_radius_cells: float,
+) -> Tensor:
+    """Compute the 40-channel texture array.
+
+    Args:
+        rgb: [B, 3, H, W] work-resolution frame in [0, 1].
+        luma: [B, 1, H, W] its luminance.
+        motion: [B, 1, gh, gw] motion channel in [0, 1] (from :func:`motion_channel`).
+        flow: [B, 2, gh, gw] coarse flow (x, y) in cells per frame.
+        caches: [B, 3, gh, gw] warped prev_relevance, prev_saliency, fixation in [0, 1].
+        pos: [N, 2] cell centres. ecc: [N] eccentricity.
+        cell_px: pixels per cell. clusters: k-means clusters. flow_radius_cells: flow search radius in cells.
+
+    Returns:
+        [B, 40, gh, gw], channels in registry order and inside their declared ranges.
+    """
+    bsz = rgb.shape[0]
+    gh, gw = rgb.shape[-2] // cell_px, rgb.shape[-1] // cell_px
+    out: dict[str, Tensor] = {}
+    rgb_cells = to_grid(rgb, cell_px)
+    out["r"], out["g"], out["b"] = rgb_cells[:, 0:1], rgb_cells[:, 1:2], rgb_cells[:, 2:3]
+
+    der = derivatives(luma)
+    gx, gy = der[:, 0:1], der[:, 1:2]
+    out["edge"] = torch.tanh(to_grid(torch.sqrt(gx * gx + gy * gy + 1e-6), cell_px) / EDGE_SCALE)
+    stroke_px = stroke_response(luma)
+    stroke = torch.tanh(STROKE_DENSITY * to_grid(stroke_px, cell_px))
+    out["stroke"] = stroke
+    out["highpass"] = torch.tanh(to_grid(der[:, 2:3].abs(), cell_px) / HIGHPASS_SCALE)
+    mean = to_grid(luma, cell_px)
+    var = torch.clamp(to_grid(luma * luma, cell_px) - mean * mean, min=0.0)
+    out["flatness"] = 1.0 - torch.tanh(torch.sqrt(var) / FLAT_SCALE)
+    out["motion"] = motion
+    out["saliency"] = saliency_map(rgb, cell_px)
+
+    posg = pos.t().reshape(1, 2, gh, gw).expand(bsz, 2, gh, gw).to(rgb)
+    out["pos_x"], out["pos_y"] = posg[:, 0:1], posg[:, 1:2]
+    out["eccentricity"] = ecc.reshape(1, 1, gh, gw).expand(bsz, 1, gh, gw).to(rgb)
+
+    feats = rgb_cells.flatten(2).transpose(1, 2)  # [B, N, 3]
+    one_hot, cpos, counts = kmeans_grid(feats, pos.to(rgb), clusters)
+    ids = torch.arange(clusters, dtype=rgb.dtype, device=rgb.device)
+    out["cluster_id"] = (one_hot @ ids / (clusters - 1)).reshape(bsz, 1, gh, gw)
+    cell_cpos = one_hot @ cpos  # [B, N, 2]: each cell's cluster centroid
+    scale = torch.tensor([gw, gh], dtype=rgb.dtype, device=rgb.device)
+    dist = torch.linalg.vector_norm((pos.to(rgb) - cell_cpos) * scale, dim=-1) / math.hypot(gh, gw)
+    out["cluster_dist"] = torch.clamp(dist, 0.0, 1.0).reshape(bsz, 1, gh, gw)
+    out["cluster_size"] = (one_hot @ counts[..., None] / (gh * gw)).reshape(bsz, 1, gh, gw)
+
+    out["prev_relevance"], out["prev_saliency"], out["fixation"] = caches[:, 0:1], caches[:, 1:2], caches[:, 2:3]
+    zeros = torch.zeros_like(mean)
+    for name in CLIP_CHANNELS:
+        out[name] = zeros
+    out["edge_distance"] = edge_distance(out["edge"])
+    f = torch.clamp(flow / flow_radius_cells, -1.0, 1.0)
+    out["flow_x"], out["flow_y"] = f[:, 0:1], f[:, 1:2]
+    ab = lab_ab(rgb_cells)
+    out["lab_a"], out["lab_b"] = ab[:, 0:1], ab[:, 1:2]
+
+    # Text is many short strokes in several directions: structure-tensor coherence is low where gradient
+    # orientations mix (letters) and high on parallel lines (stripes, a single edge).
+    jxx, jyy, jxy = to_grid(gx * gx, cell_px), to_grid(gy * gy, cell_px), to_grid(gx * gy, cell_px)
+    coherence = torch.sqrt((jxx - jyy) ** 2 + 4.0 * jxy * jxy + 1e-8) / (jxx + jyy + EPS)
+    out["text"] = stroke * (1.0 - torch.clamp(coherence, 0.0, 1.0))
+
+    return torch.cat([out[name] for name in CHANNELS], dim=1)
+
+
+def motion_channel(luma: Tensor, prev_luma: Tensor, fresh: Tensor, cell_px: int) -> Tensor:
+    """Frame-difference motion, 0 on a fresh state.
+
+    Args:
+        luma, prev_luma: [B, 1, H, W] in [0, 1]. fresh: [B] bool, True where the state starts over.
+
+    Returns:
+        [B, 1, gh, gw] in [0, 1].
+    """
+    diff = to_grid((luma - prev_luma).abs(), cell_px)
+    m = torch.tanh(torch.clamp(diff - MOTION_DEADZONE, min=0.0) / MOTION_SCALE)
+    return m * (~fresh).to(m.dtype).view(-1, 1, 1, 1)
+
+
+class Texture(nn.Module):
+    """Module twin of :func:`texture` holding the grid constants as buffers."""
+
+    def __init__(self, grid: tuple[int, int], cell_px: int, clusters: int, flow_radius_cells: float) -> None:
+        super().__init__()
+        pos, ecc = grid_positions(grid)
+        self.register_buffer("pos", pos, persistent=False)
+        self.register_buffer("ecc", ecc, persistent=False)
+        self.cell_px, self.clusters, self.flow_radius_cells = cell_px, clusters, flow_radius_cells
+
+    def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, flow: Tensor, caches: Tensor) -> Tensor:
+        return texture(rgb, luma, motion, flow, caches, self.pos, self.ecc, self.cell_px, self.clusters,
+                       self.flow_radius_cells)
