@@ -1,0 +1,37 @@
+"""arr_coc_stream: query-aware, real-time relevance realization on video streams.
+
+For each frame and a text query, decide which regions deserve visual tokens: a relevance map on a cell grid, a
+selection of up to K cells, foveal budgets with a level of detail, and scene cuts, carried across frames by an
+explicit temporal state.
+
+    >>> import arr_coc_stream
+    >>> results = arr_coc_stream.run("video.mp4", query="where is the red car?")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import run, stream
+from .channels import CHANNELS
+from .config import EngineConfig
+from .engine import Engine
+from .errors import ArrCocError, ConfigError, ModelError, QueryError, SourceError
+from .result import FrameResult
+from .sinks import read_jsonl
+
+__all__ = [
+    "ArrCocError",
+    "CHANNELS",
+    "ConfigError",
+    "Engine",
+    "EngineConfig",
+    "FrameResult",
+    "ModelError",
+    "QueryError",
+    "SourceError",
+    "__version__",
+    "read_jsonl",
+    "run",
+    "stream",
+]

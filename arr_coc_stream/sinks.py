@@ -1,0 +1,87 @@
+"""Sinks: where results go as they are produced (DESIGN.md section 9).
+
+A sink is anything with ``write(result)`` and ``close()``; callbacks are plain callables. The JSONL sink writes
+a header object, then one object per frame, flushed per frame, so a run killed midway leaves whole lines for
+every processed frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import SourceError
+from .result import FrameResult
+
+SCHEMA_VERSION = 1
+
+
+class Sink(Protocol):
+    def write(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Write results to a JSON Lines file.
+
+    Args:
+        path: output file (parent folders are created).
+        header: the header object's fields (config, query, source info); ``schema_version`` and ``version``
+            are added.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+        from . import __version__
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        self._line({"type": "header", "schema_version": SCHEMA_VERSION, "version": __version__, **header})
+
+    def write(self, result: FrameResult) -> None:
+        self._line({"type": "frame", **result.to_dict()})
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> "JsonlSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[FrameResult]]:
+    """Read a JSONL file written by :class:`JsonlSink`.
+
+    A last line cut short (the writer was killed mid-write) is ignored; every whole line is returned.
+
+    Returns:
+        (header, results) with results as :class:`FrameResult` objects.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"no such JSONL file: {p}")
+    header: dict[str, Any] = {}
+    results: list[FrameResult] = []
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.endswith("\n"):
+                break
+            obj = json.loads(line)
+            kind = obj.pop("type", None)
+            if kind == "header":
+                header = obj
+            elif kind == "frame":
+                results.append(FrameResult.from_dict(obj))
+            else:
+                raise SourceError(f"{p}: line {n + 1} is neither a header nor a frame record")
+    return header, results
