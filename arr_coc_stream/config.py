@@ -56,7 +56,9 @@ class EngineConfig:
     max_total_budget: int = 1024
     crop_cells: int = 4
     patch_px: int = 28
-    max_foveal: int = 16
+    # A selected cell scores >= relevance_floor (0.3), so its budget is >= 121 tokens: at most 8 fit under
+    # 1024. Ten candidates leave room for two suppressed by overlap; each costs a step of the greedy loop.
+    max_foveal: int = 10
     kappa: float = 1.5
     gap_limit_s: float = 0.5
     tau_relevance_s: float = 0.1

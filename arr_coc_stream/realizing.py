@@ -105,9 +105,9 @@ def coarse_flow(luma_small: Tensor, prev_small: Tensor, grid: tuple[int, int], r
     cost = F.pad(cost, (1, 1, 1, 1), mode="replicate")
     cost = cost[..., :, 0:gw] + cost[..., :, 1:gw + 1] + cost[..., :, 2:gw + 2]
     cost = (cost[..., 0:gh, :] + cost[..., 1:gh + 1, :] + cost[..., 2:gh + 2, :]) / 9.0
-    weights = torch.softmax(-(cost - cost.amin(dim=1, keepdim=True)) / FLOW_TEMPERATURE, dim=1)
-    vec = torch.tensor(shifts, dtype=cost.dtype, device=cost.device) / px_per_cell  # [S, 2] in cells
-    return torch.einsum("bshw,sc->bchw", weights, vec)
+    weights = torch.softmax(-cost / FLOW_TEMPERATURE, dim=1)  # [B, S, gh, gw]
+    vec = torch.tensor(shifts, dtype=cost.dtype, device=cost.device).t() / px_per_cell  # [2, S] in cells
+    return (vec @ weights.flatten(2)).view(cost.shape[0], 2, gh, gw)
 
 
 def backward_warp(maps: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
