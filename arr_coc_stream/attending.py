@@ -64,9 +64,14 @@ def foveal_budgets(scores: Tensor, valid: Tensor, boxes: Tensor, max_foveal: int
                    kappa: float, nms_iou: Tensor) -> tuple[Tensor, Tensor]:
     """Token budgets and levels of detail for the best selected cells.
 
-    Greedy in score order over the first ``max_foveal`` selected cells: a cell whose window overlaps an
-    accepted window by IoU > ``nms_iou`` gets nothing; otherwise it gets n^2 tokens, shrunk to what remains of
+    In score order over the first ``max_foveal`` selected cells: a cell whose window overlaps an accepted window
+    by IoU > ``nms_iou`` gets nothing (greedy NMS); otherwise it gets n^2 tokens, shrunk to what remains of
     ``max_total`` (never below 64: then nothing).
+
+    Greedy NMS is computed as the fixpoint of "kept = valid and no kept higher-scored window overlaps": after
+    i rounds the first i candidates are final, so ``max_foveal`` rounds of one small matmul give exactly the
+    greedy result without a data-dependent loop. The budget is an exclusive prefix sum over kept candidates;
+    once one is shrunk less than 64 tokens remain, so prefix sums of the unshrunk budgets are exact.
 
     Args:
         scores: [B, K] descending. valid: [B, K] bool. boxes: [B, K, 4] windows in cells.
@@ -80,27 +85,25 @@ def foveal_budgets(scores: Tensor, valid: Tensor, boxes: Tensor, max_foveal: int
     m = min(max_foveal, k)
     b = boxes[:, :m].to(scores.dtype)  # [B, M, 4]
     area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    iy = torch.clamp(torch.minimum(b[:, :, None, 2], b[:, None, :, 2]) - torch.maximum(b[:, :, None, 0], b[:, None, :, 0]), min=0)
-    ix = torch.clamp(torch.minimum(b[:, :, None, 3], b[:, None, :, 3]) - torch.maximum(b[:, :, None, 1], b[:, None, :, 1]), min=0)
+    iy = torch.clamp(torch.minimum(b[:, :, None, 2], b[:, None, :, 2])
+                     - torch.maximum(b[:, :, None, 0], b[:, None, :, 0]), min=0)
+    ix = torch.clamp(torch.minimum(b[:, :, None, 3], b[:, None, :, 3])
+                     - torch.maximum(b[:, :, None, 1], b[:, None, :, 1]), min=0)
     inter = iy * ix
     iou = inter / (area[:, :, None] + area[:, None, :] - inter)  # [B, M, M]
-    overlaps = (iou > nms_iou).to(scores.dtype)
+    order = torch.arange(m, device=scores.device)
+    higher = (order[:, None] > order[None, :]).to(scores.dtype)  # [M, M], [i, j] = 1 where j scored above i
+    suppressors = (iou > nms_iou).to(scores.dtype) * higher  # [B, M, M]
+    cand = valid[:, :m].to(scores.dtype)
+    keep = cand
+    for _ in range(m):
+        keep = cand * ((suppressors @ keep[..., None])[..., 0] == 0).to(scores.dtype)
     side = torch.round(torch.sqrt(64.0 + 336.0 * torch.clamp(scores[:, :m], 0.0, 1.0) ** kappa))
-    side = torch.clamp(side, MIN_SIDE, MAX_SIDE)
-    remaining = torch.full((bsz,), float(max_total), dtype=scores.dtype, device=scores.device)
-    accepted: list[Tensor] = []  # [B] 1.0 where candidate j got a budget
-    sides = []
-    for i in range(m):
-        fit = torch.minimum(side[:, i], torch.floor(torch.sqrt(remaining)))
-        ok = valid[:, i] & (fit >= MIN_SIDE)
-        if accepted:
-            ok = ok & ((torch.stack(accepted, dim=1) * overlaps[:, i, :i]).sum(dim=1) == 0)
-        n = torch.where(ok, fit, torch.zeros_like(fit))
-        remaining = remaining - n * n
-        accepted.append(ok.to(scores.dtype))
-        sides.append(n)
-    budgets = torch.stack(sides, dim=1) ** 2
-    budgets = torch.cat([budgets, torch.zeros(bsz, k - m, dtype=budgets.dtype, device=budgets.device)], dim=1)
+    side = torch.clamp(side, MIN_SIDE, MAX_SIDE) * keep
+    spent_before = (higher * (side * side)[:, None, :]).sum(-1)  # [B, M]: budgets of kept, higher-scored
+    fit = torch.minimum(side, torch.floor(torch.sqrt(torch.clamp(max_total - spent_before, min=0.0))))
+    n = fit * (fit >= MIN_SIDE).to(scores.dtype)
+    budgets = torch.cat([n * n, torch.zeros(bsz, k - m, dtype=n.dtype, device=n.device)], dim=1)
     lod = torch.full_like(budgets, 3.0)
     for level, t in reversed(list(enumerate(LOD_THRESHOLDS))):
         lod = torch.where(budgets >= t, torch.full_like(lod, float(level)), lod)
