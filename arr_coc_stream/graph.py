@@ -100,7 +100,8 @@ class FrameGraph(nn.Module):
 
     def preprocess(self, frame: Tensor) -> Tensor:
         """[B, H, W, 3] uint8 -> [B, 3, h, w] float in [0, 1] at the work resolution."""
-        x = frame.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # cast first: TensorRT takes UINT8 only as a network input consumed by a Cast (same values and layout)
+        x = frame.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         if self.config.input_mode == "full":
             (h, w), (fh, fw) = self.config.work_size, self.config.frame_size
             if fh % h == 0 and fw % w == 0:

@@ -1,11 +1,18 @@
-"""Per-frame results (DESIGN.md section 9)."""
+"""Per-frame results (DESIGN.md section 9): :class:`FrameResult`, its foveal :class:`Crop` images, cell boxes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
+
+from .config import EngineConfig
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .sources import Frame
 
 
 @dataclass
@@ -30,6 +37,8 @@ class FrameResult:
         timings: milliseconds per stage.
         reset: the temporal state started over at this frame (first frame, gap, resolution change, cut).
         source_size: (H, W) of the source frame.
+        gap: seconds of stream time lost just before this frame (live sources: a drop and reconnect), else 0.
+        dropped: frames known lost just before this frame (live sources), else 0.
     """
 
     index: int
@@ -49,6 +58,8 @@ class FrameResult:
     timings: dict[str, float] = field(default_factory=dict)
     reset: bool = False
     source_size: tuple[int, int] = (0, 0)
+    gap: float = 0.0
+    dropped: int = 0
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -74,6 +85,60 @@ class FrameResult:
         mask = np.zeros(self.grid[0] * self.grid[1], dtype=bool)
         mask[self.selected] = True
         return mask.reshape(self.grid)
+
+    def crops(self, frame: "np.ndarray | Frame", patch_px: int = EngineConfig.patch_px) -> list["Crop"]:
+        """Cut each foveal crop out of the original frame at its level of detail.
+
+        A crop with budget b = n^2 tokens is its window resized to ``n * patch_px`` pixels per side (n x n
+        tokens of ``patch_px``), each side capped at the window's own size in source pixels: a crop is never
+        upsampled beyond the source. The sides are sized independently, so a window larger than the budget's
+        side and not square (a non-square frame on a square grid) is stretched toward the n x n tokens it pays for.
+
+        Args:
+            frame: the full-resolution frame, [H, W, 3] uint8 RGB with (H, W) == ``source_size``, or a
+                :class:`~arr_coc_stream.sources.Frame` read with ``keep_full=True``.
+            patch_px: source pixels per token side of the downstream vision model.
+
+        Returns:
+            One :class:`Crop` per cell with a budget, in score order.
+
+        Raises:
+            ConfigError: the frame is not at ``source_size``.
+        """
+        image = frame if isinstance(frame, np.ndarray) else (frame.full if frame.full is not None else frame.rgb)
+        if image.shape[:2] != tuple(self.source_size):
+            raise ConfigError(f"crops need the full-resolution frame {self.source_size}, got {image.shape[:2]}")
+        gw = self.grid[1]
+        out = []
+        for i in np.flatnonzero(self.budgets > 0):
+            x0, y0, x1, y1 = (int(v) for v in self.windows[i])
+            budget = int(self.budgets[i])
+            side = int(round(budget ** 0.5)) * patch_px
+            size = (min(side, x1 - x0), min(side, y1 - y0))  # (w, h), never above the source's pixels
+            window = image[y0:y1, x0:x1]
+            if size != (x1 - x0, y1 - y0):
+                window = cv2.resize(window, size, interpolation=cv2.INTER_AREA)
+            cell = (int(self.indices[i] // gw), int(self.indices[i] % gw))
+            out.append(Crop(np.ascontiguousarray(window), (x0, y0, x1, y1), cell, budget, int(self.lod[i])))
+        return out
+
+    def position_ids(self, t: int = 0, start: int = 0) -> np.ndarray:
+        """(t, y, x) rotary position ids of the selected cells, as Qwen2-VL's M-RoPE places image tokens.
+
+        Qwen2-VL merges 2x2 patches of 14 px into one 28 px token (``patch_px``); an image whose merged token
+        grid is this cell grid gets ids (start + t, start + y, start + x) for its token at row y, column x,
+        where ``start`` is the sequence position where the image begins (the text tokens before it) and ``t``
+        the temporal patch index within a video (0 for an image).
+
+        Args:
+            t: temporal index of this frame. start: position of the first vision token.
+
+        Returns:
+            [3, n] int64, columns aligned with :attr:`selected` (score order; sort by :attr:`selected` for
+            raster order).
+        """
+        yx = self.selected_cells  # [n, 2]
+        return np.concatenate([np.full((1, len(yx)), start + t, dtype=np.int64), start + yx.T.astype(np.int64)])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (the JSONL schema's frame object)."""
@@ -101,6 +166,8 @@ class FrameResult:
             "relevance": np.round(self.relevance, 4).tolist(),
             "query_terms": list(self.query_terms),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "gap": round(self.gap, 6),
+            "dropped": self.dropped,
         }
 
     @classmethod
@@ -120,7 +187,27 @@ class FrameResult:
             cut=d["cut"], scene_score=d["scene_score"], motion=d["motion"],
             query_terms=tuple(d["query_terms"]), timings=dict(d["timings"]), reset=d["reset"],
             source_size=size,  # type: ignore[arg-type]
+            gap=d.get("gap", 0.0), dropped=d.get("dropped", 0),  # absent from files of the first writer
         )
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: images compare by identity
+class Crop:
+    """One foveal crop of a frame (see :meth:`FrameResult.crops`).
+
+    Attributes:
+        image: [h, w, 3] uint8 RGB, each side min(n * patch_px, the window's side in source pixels).
+        box: the window in source pixels (x0, y0, x1, y1), end-exclusive.
+        cell: (y, x) grid cell the crop is centred on.
+        budget: tokens, n^2 with n in 8..20.
+        lod: level of detail, 0 (finest) .. 3.
+    """
+
+    image: np.ndarray
+    box: tuple[int, int, int, int]
+    cell: tuple[int, int]
+    budget: int
+    lod: int
 
 
 def cell_boxes(indices: np.ndarray, grid: tuple[int, int], source_size: tuple[int, int]) -> np.ndarray:

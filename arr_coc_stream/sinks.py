@@ -1,8 +1,9 @@
 """Sinks: where results go as they are produced (DESIGN.md section 9).
 
-A sink is anything with ``write(result)`` and ``close()``; callbacks are plain callables. The JSONL sink writes
-a header object, then one object per frame, flushed per frame, so a run killed midway leaves whole lines for
-every processed frame.
+A sink is anything with ``write(result, frame)`` and ``close()``; callbacks are plain callables. The JSONL sink
+writes a header object, then one object per frame, each line in one unbuffered ``write`` system call, so a run
+killed midway leaves whole lines for every processed frame. The overlay video and timeline sinks live in
+:mod:`arr_coc_stream.viz`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import SourceError
 from .result import FrameResult
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .sources import Frame
 
 SCHEMA_VERSION = 1
 
 
 class Sink(Protocol):
-    def write(self, result: FrameResult) -> None: ...
+    def write(self, result: FrameResult, frame: "Frame | np.ndarray | None") -> None: ...
 
     def close(self) -> None: ...
 
@@ -38,10 +44,10 @@ class JsonlSink:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
+        self._file = self.path.open("wb", buffering=0)  # unbuffered: each line is one write() system call
         self._line({"type": "header", "schema_version": SCHEMA_VERSION, "version": __version__, **header})
 
-    def write(self, result: FrameResult) -> None:
+    def write(self, result: FrameResult, frame: "Frame | np.ndarray | None" = None) -> None:
         self._line({"type": "frame", **result.to_dict()})
 
     def close(self) -> None:
@@ -55,8 +61,9 @@ class JsonlSink:
         self.close()
 
     def _line(self, obj: dict[str, Any]) -> None:
-        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._file.flush()
+        data = memoryview((json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8"))
+        while data:  # a raw write may be short (full disk, signal); finish the line
+            data = data[self._file.write(data):]
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[FrameResult]]:

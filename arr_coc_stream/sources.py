@@ -3,8 +3,8 @@
 A :class:`Source` is a context manager and a one-pass iterator of :class:`Frame` objects described by a
 :class:`SourceInfo`. This file holds the file source (PyAV, decoded on a background thread), the source over any
 iterable of arrays, :func:`open_source` that picks one for a user's argument, and :func:`probe_decode_fps`
-(decode-only throughput, the benchmark's reference). Live sources (webcam, RTSP, HTTP, TCP) arrive later behind
-the same interface; ``SourceInfo.live`` already tells them apart.
+(decode-only throughput, the benchmark's reference). Live sources (camera, RTSP, HTTP, TCP) live in
+:mod:`arr_coc_stream.live` behind the same interface; ``SourceInfo.live`` tells them apart.
 
 Example:
     >>> with open_source("clip.mp4", size=(256, 256)) as src:  # doctest: +SKIP
@@ -46,6 +46,11 @@ class Frame:
         time: seconds since the stream's start, from the frame's timestamp (``index / fps`` without one).
         source_size: (H, W) of the original frame, after display rotation.
         full: the full-resolution uint8 (H, W, 3) frame when the source was opened with ``keep_full=True``.
+        reset: the stream restarted before this frame (a live source reconnected): temporal state starts over.
+        gap: seconds without frames before this one (a live source's drop: from ``time - gap`` to ``time``).
+        dropped: frames lost just before this one (a live source: skipped by ``latest_frame`` pacing, or
+            estimated lost in a gap); ``index`` jumps by ``dropped + 1``.
+        received: ``time.monotonic()`` when a live source received the frame (for latency), else None.
     """
 
     rgb: np.ndarray
@@ -53,6 +58,10 @@ class Frame:
     time: float
     source_size: tuple[int, int]
     full: np.ndarray | None = None
+    reset: bool = False
+    gap: float = 0.0
+    dropped: int = 0
+    received: float | None = None
 
 
 @dataclass(frozen=True)
@@ -177,22 +186,12 @@ class VideoFileSource(Source):
             raise SourceError(f"read error in {self.path!r}: {e}") from e
 
     def _to_frame(self, vf: av.VideoFrame, index: int) -> Frame:
-        k = self._quarter_turns
-        full = None
-        if self._size is None or self._keep_full:
-            full = np.ascontiguousarray(np.rot90(vf.to_ndarray(format="rgb24"), k))
-        if self._size is None:
-            rgb = full
-        else:
-            h, w = self._size if k % 2 == 0 else self._size[::-1]  # resize before rotating
-            small = vf.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-            rgb = np.ascontiguousarray(np.rot90(small, k))
+        rgb, full = av_frame_to_rgb(vf, self._size, self._keep_full, self._quarter_turns)
         if vf.pts is not None:
             t = float((vf.pts - self._start_pts) * self._time_base)
         else:
             t = index / (self.info.fps or DEFAULT_FPS)
-        return Frame(rgb=rgb, index=index, time=t, source_size=(self.info.height, self.info.width),
-                     full=full if self._keep_full else None)
+        return Frame(rgb=rgb, index=index, time=t, source_size=(self.info.height, self.info.width), full=full)
 
     def _frames(self) -> Iterator[Frame]:
         for index, vf in enumerate(itertools.chain((self._first,), self._decoded)):
@@ -265,6 +264,25 @@ class VideoFileSource(Source):
         self._container.close()
 
 
+def av_frame_to_rgb(vf: av.VideoFrame, size: tuple[int, int] | None, keep_full: bool,
+                    quarter_turns: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Convert a decoded frame to RGB arrays, turned ``quarter_turns`` x 90 degrees counter-clockwise.
+
+    Returns:
+        (rgb, full): rgb [h, w, 3] uint8 at ``size`` (area-resized by libswscale before turning) or at full
+        size without one; full [H, W, 3] uint8 when ``keep_full``, else None. Both C-contiguous.
+    """
+    k = quarter_turns
+    full = None
+    if size is None or keep_full:
+        full = np.ascontiguousarray(np.rot90(vf.to_ndarray(format="rgb24"), k))
+    if size is None:
+        return full, full if keep_full else None
+    h, w = size if k % 2 == 0 else size[::-1]  # resize before rotating
+    small = vf.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    return np.ascontiguousarray(np.rot90(small, k)), full
+
+
 class IterableSource(Source):
     """Frames from any iterable of uint8 (H, W, 3) arrays or :class:`Frame` objects (passed through unchanged).
 
@@ -328,7 +346,7 @@ class IterableSource(Source):
 
 
 def open_source(source: Any, *, size: tuple[int, int] | None = None, keep_full: bool = False) -> Source:
-    """Open what the user passed: a path, a :class:`Source`, or an iterable of frames.
+    """Open what the user passed: a path, a live source, a :class:`Source`, or an iterable of frames.
 
     Args:
         source: a video path (``str`` / ``os.PathLike``), a :class:`Source` (returned as is, ``size`` and
@@ -339,14 +357,20 @@ def open_source(source: Any, *, size: tuple[int, int] | None = None, keep_full: 
     Returns:
         The opened source; close it (or use it as a context manager).
 
+    Live sources (a camera index or ``/dev/`` path, an ``rtsp://``, ``http(s)://`` or ``tcp://`` URL) open with
+    :func:`arr_coc_stream.live.open_live`'s defaults (``latest_frame`` pacing, reconnection); build a
+    :class:`~arr_coc_stream.live.StreamSource` or :class:`~arr_coc_stream.live.CameraSource` for other settings.
+
     Raises:
-        SourceError: a webcam index or a live URL (not supported yet), or a type that is not a source.
+        SourceError: a file or stream that cannot be opened, or a type that is not a source.
     """
     if isinstance(source, Source):
         return source
-    if (isinstance(source, int) and not isinstance(source, bool)) or (
-            isinstance(source, str) and source.lower().startswith(LIVE_SCHEMES)):
-        raise SourceError(f"live sources (webcam, RTSP, HTTP, TCP) are not supported yet: {source!r}")
+    if (isinstance(source, int) and not isinstance(source, bool)) or (isinstance(source, str) and (
+            source.lower().startswith(LIVE_SCHEMES) or source.startswith("/dev/"))):
+        from .live import open_live  # live imports this module
+
+        return open_live(source, size=size, keep_full=keep_full)
     if isinstance(source, (str, os.PathLike)):
         return VideoFileSource(source, size=size, keep_full=keep_full)
     if isinstance(source, Iterable) and not isinstance(source, (bytes, bytearray)):
