@@ -94,3 +94,16 @@ def test_readme_python_examples_run() -> None:
     assert runnable, "the README has no runnable Python example"
     for block in runnable:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_bench_speed_table_has_the_decode_baseline_and_ratio(tmp_path: Path) -> None:
+    from arr_coc_stream.bench import backends_table
+
+    clip = synth.write_clip(synth.moving_object("red", n_frames=16), tmp_path / "ball.mp4")
+    header, rows = backends_table(clip, 10, {}, ["torch"])
+    table = {row[0].strip(): row[1] for row in rows}
+    assert header == ["ms per frame", "torch"]
+    decode, e2e, ratio = (float(table[k]) for k in (
+        "fps decode only (PyAV, resized by the decoder)", "fps end to end", "ratio end-to-end / decode-only"))
+    assert decode > 0 and e2e > 0 and ratio == pytest.approx(e2e / decode, abs=0.01)
+    assert {"texture", "attending", "realizing.pre"} <= set(table)
