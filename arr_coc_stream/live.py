@@ -48,7 +48,7 @@ import av
 import numpy as np
 
 from .errors import ConfigError, SourceError
-from .sources import LIVE_SCHEMES, Frame, Source, SourceInfo, _check_size, av_frame_to_rgb
+from .sources import LIVE_SCHEMES, Frame, SourceInfo, ThreadedSource, _check_size, av_frame_to_rgb
 
 Pacing = Literal["every_frame", "latest_frame"]
 PACINGS: tuple[str, ...] = ("every_frame", "latest_frame")
@@ -184,7 +184,7 @@ class _Fifo:
 _END = object()
 
 
-class LiveSource(Source):
+class LiveSource(ThreadedSource):
     """Base of the live sources: the reader thread, pacing, reconnection, times, indices and gap accounting.
 
     A subclass opens a connection (:meth:`_connect`, raising :class:`SourceError`), reads it (:meth:`_read`,
@@ -207,9 +207,7 @@ class LiveSource(Source):
         self._size = _check_size(size)
         self._keep_full = keep_full
         self.dropped = self.lost = self.reconnects = self.corrupt_packets = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = self._closed = False
+        super().__init__()
         self._handoff: _Latest | _Fifo = (_Latest() if self.config.pacing == "latest_frame"
                                           else _Fifo(self.config.queue_size))
         # reader-thread state: the next index, the last frame's time, the current connection's time anchor
@@ -336,18 +334,7 @@ class LiveSource(Source):
         return Frame(rgb=raw.rgb, index=index, time=t, source_size=raw.source_size, full=raw.full, reset=reset,
                      gap=gap, dropped=lost, received=now)
 
-    def _join(self) -> None:
-        self._stop.set()
-        # the generator's finally may run in the garbage collector on any thread, the reader's own included
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def close(self) -> None:
-        """Stop and join the reader and close the connection; safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
-        self._join()
+    def _release(self) -> None:
         if self._conn is not None:  # never iterated: the constructor's connection is still here
             self._disconnect(self._conn)
             self._conn = None

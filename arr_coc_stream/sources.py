@@ -114,7 +114,37 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-class VideoFileSource(Source):
+class ThreadedSource(Source):
+    """Base of the sources fed by one background thread: its stop flag, joining it, and a close that runs once.
+
+    Subclasses start ``self._thread`` on iteration and release their files and connections in :meth:`_release`.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = self._closed = False
+
+    def _join(self) -> None:
+        self._stop.set()
+        # the generator's finally may run in the garbage collector on any thread, the worker's own included
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def close(self) -> None:
+        """Stop and join the background thread, then release files and connections; safe to call again."""
+        if self._closed:
+            return
+        self._closed = True
+        self._join()
+        self._release()
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close files and connections (the thread is joined)."""
+
+
+class VideoFileSource(ThreadedSource):
     """Frames of a video file, decoded by PyAV (``thread_type="AUTO"``) on a background thread.
 
     The first frame is decoded on open: av 18 exposes the display rotation only on decoded frames
@@ -143,9 +173,7 @@ class VideoFileSource(Source):
             raise ConfigError(f"queue_size must be at least 1, got {queue_size}")
         self._keep_full, self._threads, self._queue_size = keep_full, threads, queue_size
         self.corrupt_packets = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started = self._closed = False
+        super().__init__()
         if not os.path.exists(self.path):
             raise SourceError(f"no such file: {self.path!r}")
         try:
@@ -248,18 +276,7 @@ class VideoFileSource(Source):
         finally:
             self._join()
 
-    def _join(self) -> None:
-        self._stop.set()
-        # the generator's finally may run in the garbage collector on any thread, the worker's own included
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def close(self) -> None:
-        """Stop and join the decode thread and close the file; safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
-        self._join()
+    def _release(self) -> None:
         self._decoded.close()
         self._container.close()
 
