@@ -230,11 +230,7 @@ class LiveSource(ThreadedSource):
         """Release a connection; must not raise."""
 
     def __iter__(self) -> Iterator[Frame]:
-        if self._closed:
-            raise SourceError(f"source {self.uri!r} is closed")
-        if self._started:
-            raise SourceError(f"source {self.uri!r} can be iterated only once")
-        self._started = True
+        self._start_once(self.uri)
         # daemon: a source the user never closes must not keep the interpreter alive
         self._thread = threading.Thread(target=self._work, name="arr_coc_stream-live", daemon=True)
         self._thread.start()

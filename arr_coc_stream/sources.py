@@ -125,6 +125,14 @@ class ThreadedSource(Source):
         self._thread: threading.Thread | None = None
         self._started = self._closed = False
 
+    def _start_once(self, name: str) -> None:
+        """Mark the one pass over the source as begun; a closed or already iterated source is an error."""
+        if self._closed:
+            raise SourceError(f"source {name!r} is closed")
+        if self._started:
+            raise SourceError(f"source {name!r} can be iterated only once")
+        self._started = True
+
     def _join(self) -> None:
         self._stop.set()
         # the generator's finally may run in the garbage collector on any thread, the worker's own included
@@ -226,11 +234,7 @@ class VideoFileSource(ThreadedSource):
             yield self._to_frame(vf, index)
 
     def __iter__(self) -> Iterator[Frame]:
-        if self._closed:
-            raise SourceError(f"source {self.path!r} is closed")
-        if self._started:
-            raise SourceError(f"source {self.path!r} can be iterated only once")
-        self._started = True
+        self._start_once(self.path)
         return self._threaded() if self._threads else self._frames()
 
     def _threaded(self) -> Iterator[Frame]:
