@@ -51,7 +51,7 @@ def stream(source: SourceLike, query: str | None = None, *, jsonl: str | os.Path
     config = EngineConfig.from_options(**options)
     engine = Engine(config, query=query, backend=backend, model=model)
     callbacks = list(callbacks)
-    src = open_source(source, size=config.work_size if config.input_mode == "work" else None,
+    src = open_source(source, size=engine.input_size if config.input_mode == "work" else None,
                       keep_full=overlay is not None)
     sinks: list[Sink] = []
     bar = None

@@ -1,13 +1,18 @@
 """Backends that run the per-frame graph: PyTorch, onnxruntime and TensorRT (DESIGN.md sections 2 and 8).
 
 Every backend is a callable ``runner(inputs, timings) -> outputs``: ``inputs`` are the graph's tensors in
-``INPUT_NAMES`` + ``<state>_in`` order, ``outputs`` the tensors in ``OUTPUT_NAMES`` order, whatever runs them,
-so :class:`~arr_coc_stream.engine.Engine` has one code path. The torch runner records per-stage timings; the
-others run the graph as one stage (``"graph (onnxruntime)"``, ``"graph (tensorrt)"``).
+:func:`~arr_coc_stream.graph.input_names` order, ``outputs`` the tensors in
+:func:`~arr_coc_stream.graph.output_names` order, whatever runs them, so :class:`~arr_coc_stream.engine.Engine`
+has one code path. The torch runner records per-stage timings; the others run the graph as one stage
+(``"graph (onnxruntime)"``, ``"graph (tensorrt)"``).
+
+With the CLIP query encoder a second runner of the same backend runs the dense-CLIP keyframe graph
+(``image [B, H, W, 3] uint8 -> clip_feat [B, D, gh, gw]``): :class:`~arr_coc_stream.clip.DenseClip` in torch, or
+the ``<name>_clip.onnx`` / ``<name>_clip.engine`` file beside the per-frame model (:func:`clip_model_path`).
 
 A model file must match the engine's configuration: its metadata (ONNX ``metadata_props``, or the JSON beside a
-TensorRT engine) is compared field by field and a mismatch is refused with :class:`ModelError`. onnxruntime and
-TensorRT are imported only when their backend is asked for.
+TensorRT engine) is compared field by field, and a CLIP graph's basis against the loaded CLIP model's; a mismatch
+is refused with :class:`ModelError`. onnxruntime and TensorRT are imported only when their backend is asked for.
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from .config import EngineConfig
 from .errors import ConfigError, ModelError
-from .export import check_metadata, input_names, parse_metadata
-from .graph import OUTPUT_NAMES, FrameGraph
+from .export import check_model, parse_metadata
+from .graph import build_graph
+
+if TYPE_CHECKING:
+    from .clip import ClipModel
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # onnxruntime execution providers in order of preference; the CPU provider is always the fallback
@@ -36,12 +44,12 @@ Timings = dict[str, float] | None
 
 
 class TorchRunner:
-    """The graph in eager PyTorch, with per-stage timings."""
+    """The per-frame graph in eager PyTorch, with per-stage timings."""
 
     name = "torch"
 
-    def __init__(self, config: EngineConfig, device: torch.device) -> None:
-        self.graph = FrameGraph(config).to(device).eval()
+    def __init__(self, config: EngineConfig, device: torch.device, clip: ClipModel | None = None) -> None:
+        self.graph = build_graph(config, None if clip is None else clip.text).to(device).eval()
         self.device = device
         self.description = f"torch {torch.__version__} on {device}"
 
@@ -49,20 +57,35 @@ class TorchRunner:
         return self.graph(*inputs, timings=timings)
 
 
+class TorchClipRunner:
+    """The dense-CLIP keyframe graph in eager PyTorch."""
+
+    name = "torch"
+
+    def __init__(self, config: EngineConfig, device: torch.device, clip: ClipModel) -> None:
+        self.graph = clip.dense(config.grid, config.clip_size).to(device).eval()
+        self.description = f"torch {torch.__version__} on {device}, {clip.name}"
+
+    def __call__(self, inputs: tuple[torch.Tensor, ...], timings: Timings = None) -> tuple[torch.Tensor, ...]:
+        return (self.graph(*inputs),)
+
+
 class OnnxRuntimeRunner:
     """An exported ``.onnx`` file in onnxruntime, on the best execution provider it offers.
 
     Args:
         config: the engine configuration the model must have been exported for.
-        model: path of the ``.onnx`` file.
+        model: path of the ``.onnx`` file: a per-frame graph, or a dense-CLIP graph (``<name>_clip.onnx``).
+        clip: the CLIP model of a CLIP configuration; the file's basis must be this model's.
+        dense: the file is the dense-CLIP keyframe graph.
         providers: execution providers to try, in order (default: TensorRT, CUDA, then CPU, as available).
         threads: intra-op threads (default: onnxruntime's choice, one per physical core).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, config: EngineConfig, model: str | os.PathLike[str], *,
-                 providers: tuple[str, ...] | None = None, threads: int | None = None) -> None:
+    def __init__(self, config: EngineConfig, model: str | os.PathLike[str], *, clip: ClipModel | None = None,
+                 dense: bool = False, providers: tuple[str, ...] | None = None, threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -86,10 +109,10 @@ class OnnxRuntimeRunner:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        check_metadata(self.metadata, config, path)
+        check_model(self.metadata, config, path, clip, dense)
         self.batch_max = int(self.metadata["batch_max"])
         self.provider = self.session.get_providers()[0]
-        self._inputs = input_names()
+        self._inputs, self._outputs = _io_names(self.metadata)
         missing = sorted(set(self._inputs) - {i.name for i in self.session.get_inputs()})
         if missing:
             raise ModelError(f"{path} lacks the graph inputs {missing}; re-export it with this version")
@@ -100,7 +123,7 @@ class OnnxRuntimeRunner:
         _check_batch(inputs[0].shape[0], self.batch_max)
         start = time.perf_counter()
         feed = {name: t.detach().cpu().numpy() for name, t in zip(self._inputs, inputs)}
-        out = self.session.run(list(OUTPUT_NAMES), feed)
+        out = self.session.run(self._outputs, feed)
         if timings is not None:
             timings["graph (onnxruntime)"] = 1000.0 * (time.perf_counter() - start)
         return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in out)
@@ -115,7 +138,8 @@ class TensorRTRunner:
 
     name = "tensorrt"
 
-    def __init__(self, config: EngineConfig, model: str | os.PathLike[str]) -> None:
+    def __init__(self, config: EngineConfig, model: str | os.PathLike[str], *, clip: ClipModel | None = None,
+                 dense: bool = False) -> None:
         from .trt_build import engine_json_path, import_tensorrt
 
         trt = import_tensorrt()
@@ -133,7 +157,7 @@ class TensorRTRunner:
             raise ModelError(f"{path} was built for a GPU of compute capability {built.get('compute_capability')} "
                              f"({built.get('gpu')}), this GPU is {capability}: rebuild it on this machine")
         self.metadata = info["model"]
-        check_metadata(self.metadata, config, path)
+        check_model(self.metadata, config, path, clip, dense)
         self.batch_max = int(self.metadata["batch_max"])
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -142,7 +166,7 @@ class TensorRTRunner:
         if self.engine is None:
             raise ModelError(f"TensorRT could not deserialize {path}")
         self.context = self.engine.create_execution_context()
-        self._inputs = input_names()
+        self._inputs, self._outputs = _io_names(self.metadata)
         self.description = f"TensorRT {trt.__version__} on {built.get('gpu')}, {path.name}"
 
     def __call__(self, inputs: tuple[torch.Tensor, ...], timings: Timings = None) -> tuple[torch.Tensor, ...]:
@@ -157,7 +181,7 @@ class TensorRTRunner:
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
         outputs = []
-        for name in OUTPUT_NAMES:
+        for name in self._outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             out = torch.empty(shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device="cuda")
             self.context.set_tensor_address(name, out.data_ptr())
@@ -171,20 +195,47 @@ class TensorRTRunner:
 
 
 def create_runner(backend: str, config: EngineConfig, model: str | os.PathLike[str] | None,
-                  device: torch.device) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """The runner for ``backend`` (one of :data:`BACKENDS`); ``model`` is required except for torch."""
+                  device: torch.device, clip: ClipModel | None = None) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The per-frame graph's runner for ``backend`` (one of :data:`BACKENDS`); ``model`` is required except for
+    torch; ``clip`` is the loaded CLIP model of a CLIP configuration."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if backend == "torch":
         if model is not None:
             raise ConfigError("backend 'torch' takes no model file; use backend='onnxruntime' or 'tensorrt'")
-        return TorchRunner(config, device)
+        return TorchRunner(config, device, clip)
     if model is None:
         raise ConfigError(f"backend {backend!r} needs a model file (model='models/<name>.onnx' or '.engine'); "
                           "make one with export/export_onnx.py")
     if backend == "onnxruntime":
-        return OnnxRuntimeRunner(config, model)
-    return TensorRTRunner(config, model)
+        return OnnxRuntimeRunner(config, model, clip=clip)
+    return TensorRTRunner(config, model, clip=clip)
+
+
+def create_clip_runner(backend: str, config: EngineConfig, model: str | os.PathLike[str] | None,
+                       device: torch.device, clip: ClipModel) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The dense-CLIP keyframe graph's runner, same backend as the per-frame graph: for onnxruntime and tensorrt
+    the ``<name>_clip`` file beside the per-frame ``model`` (:func:`clip_model_path`)."""
+    if backend == "torch":
+        return TorchClipRunner(config, device, clip)
+    path = clip_model_path(model)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ModelError(f"the dense-CLIP graph {path} does not exist beside {model}; export both with "
+                         f"export/export_onnx.py --clip-model {clip.name}"
+                         + (" and build both with export/build_trt.py" if backend == "tensorrt" else ""))
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(config, path, clip=clip, dense=True)
+    return TensorRTRunner(config, path, clip=clip, dense=True)
+
+
+def clip_model_path(model: str | os.PathLike[str]) -> Path:
+    """``models/<name>.onnx`` -> ``models/<name>_clip.onnx`` (``.engine`` likewise)."""
+    path = Path(model)
+    return path.with_name(f"{path.stem}_clip{path.suffix}")
+
+
+def _io_names(meta: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return [i["name"] for i in meta["inputs"]], [o["name"] for o in meta["outputs"]]
 
 
 def gpu_capability() -> tuple[int, int]:

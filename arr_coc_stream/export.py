@@ -14,6 +14,11 @@ beside the file. :func:`check_metadata` refuses a model whose metadata does not 
 ``fp16=True`` also writes ``<name>_fp16.onnx``: a float16 conversion that keeps FP32 inputs and outputs and
 keeps in FP32 the nodes listed in its metadata (``fp32_nodes``), for TensorRT's strongly typed builds.
 
+With ``query_encoder="clip"`` the export writes two graphs: ``<name>.onnx``, the per-frame graph with the CLIP
+model's basis and neutral prompts as constants (inputs ``text_emb``, ``clip_feat``, ``clip_key`` and the CLIP
+states), and ``<name>_clip.onnx``, the dense-CLIP keyframe graph (``image [B, H, W, 3] uint8 -> clip_feat
+[B, D, gh, gw]``, format ``arr_coc_stream.dense_clip``). Both carry the model's basis in their metadata.
+
     >>> import arr_coc_stream
     >>> exported = arr_coc_stream.export_onnx(arr_coc_stream.EngineConfig(), "models/default.onnx")  # doctest: +SKIP
     >>> print(exported.tensorrt.verdict())  # doctest: +SKIP
@@ -27,6 +32,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -38,18 +44,23 @@ import torch
 from . import channels
 from .config import EngineConfig
 from .errors import ConfigError, ModelError
-from .graph import INPUT_NAMES, OUTPUT_NAMES, STATE_NAMES, FrameGraph, frame_shape, initial_state, state_shapes
+from .graph import build_graph, frame_shape, initial_state, input_names, output_names, state_names, state_shapes
 
 if TYPE_CHECKING:
     import onnx
 
+    from .clip import ClipModel
     from .trt_compat import CompatReport
 
 OPSET = 18
 FORMAT = "arr_coc_stream.frame_graph"
+CLIP_FORMAT = "arr_coc_stream.dense_clip"
 SCHEMA_VERSION = 1
-# Fields of EngineConfig that do not shape the graph: a model is valid whatever their value.
-ENGINE_ONLY_FIELDS = ("device", "gap_limit_s")
+# Fields of EngineConfig that do not shape the graph: a model is valid whatever their value. The CLIP model's
+# path differs between machines: a CLIP graph is checked against the loaded model's basis instead, and the
+# dense-CLIP graph against the keyframe input size.
+ENGINE_ONLY_FIELDS = ("device", "gap_limit_s", "clip_model", "clip_size", "clip_interval_s",
+                      "clip_motion_threshold")
 # Operator types kept in FP32 in the float16 variant. None: measured on bikes.mp4 (120 frames, FP32 state fed to
 # both), keeping the grid-level decisions (TopK, GridSample, Softmax, ArgMin, ReduceL2) in FP32 moved the selection
 # overlap with FP32 by < 0.001 (0.9896 vs 0.9898): the difference comes from the pixel-level filters, which are
@@ -84,71 +95,116 @@ class ExportedModel:
     tensorrt: CompatReport
     fp16_path: Path | None = None
     fp16_metadata_path: Path | None = None
+    clip_path: Path | None = None  # the dense-CLIP graph, with query_encoder="clip"
+    clip_metadata: dict[str, Any] | None = None
+    clip_tensorrt: CompatReport | None = None
 
 
 def default_name(config: EngineConfig, export: ExportConfig | None = None) -> str:
-    """File stem naming the shapes a model is built for, e.g. ``frame_graph_256x256_g32x32_k200_b1``."""
+    """File stem naming the shapes a model is built for, e.g. ``frame_graph_256x256_g32x32_c8_k200_b1``; a CLIP
+    configuration appends the model's folder name (``..._b1_clip-vit-base-patch16``)."""
     export = export or ExportConfig()
     h, w = frame_shape(config)
     gh, gw = config.grid
-    return f"frame_graph_{h}x{w}_g{gh}x{gw}_c{config.cell_px}_k{config.k}_b{export.batch_max}"
+    name = f"frame_graph_{h}x{w}_g{gh}x{gw}_c{config.cell_px}_k{config.k}_b{export.batch_max}"
+    if config.uses_clip:
+        name += "_" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(str(config.clip_model)).name).strip("-.")
+    return name
 
 
 def export_onnx(config: EngineConfig | None, path: str | os.PathLike[str], export: ExportConfig | None = None,
-                **options: Any) -> ExportedModel:
-    """Export the per-frame graph of ``config`` to ``path`` (``.onnx``) with ``<name>.json`` beside it.
+                *, clip: ClipModel | None = None, **options: Any) -> ExportedModel:
+    """Export the per-frame graph of ``config`` to ``path`` (``.onnx``) with ``<name>.json`` beside it, and with
+    ``query_encoder="clip"`` the dense-CLIP graph to ``<name>_clip.onnx``.
 
     Args:
         config: the engine configuration (defaults when None).
         path: the ``.onnx`` file to write; its folder is created.
         export: export options; keyword ``options`` (``batch_max``, ``fp16``) override its fields.
+        clip: the loaded CLIP model of a CLIP configuration (loaded from ``config.clip_model`` when None).
 
     Returns:
-        An :class:`ExportedModel` with the paths written, the metadata and the TensorRT compatibility report.
+        An :class:`ExportedModel` with the paths written, the metadata and the TensorRT compatibility reports.
     """
     import onnx
-
-    from .trt_compat import check_tensorrt_compat
 
     config = config or EngineConfig()
     export = dataclasses.replace(export or ExportConfig(), **options)
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"the model path must end in .onnx, got {path}")
+    if config.uses_clip and clip is None:
+        from .clip import load_clip
+
+        clip = load_clip(str(config.clip_model))
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = trace_onnx(config, export.batch_max)
-    metadata = build_metadata(config, export, model, precision="fp32")
-    report = check_tensorrt_compat(model)
-    metadata["tensorrt_check"] = report.to_dict()
-    write_model(model, path, metadata)
-    result = ExportedModel(path, path.with_suffix(".json"), metadata, report)
+    model = trace_onnx(config, export.batch_max, clip)
+    metadata = build_metadata(config, export, model, precision="fp32", clip=clip)
+    result = ExportedModel(path, path.with_suffix(".json"), metadata, _write_checked(model, path, metadata))
     if export.fp16:
-        half, kept = convert_fp16(model)
-        meta16 = {**metadata, "precision": "fp16", "fp32_nodes": kept, "fp32_ops": sorted(FP16_KEEP_OPS)}
-        meta16["tensorrt_check"] = check_tensorrt_compat(half).to_dict()
         result.fp16_path = path.with_name(f"{path.stem}_fp16.onnx")
         result.fp16_metadata_path = result.fp16_path.with_suffix(".json")
-        write_model(half, result.fp16_path, meta16)
+        _write_fp16(model, result.fp16_path, metadata)
+    if clip is not None:
+        dense = trace_clip_onnx(config, export.batch_max, clip)
+        result.clip_metadata = build_clip_metadata(config, export, dense, clip, precision="fp32")
+        result.clip_path = path.with_name(f"{path.stem}_clip.onnx")
+        result.clip_tensorrt = _write_checked(dense, result.clip_path, result.clip_metadata)
+        if export.fp16:
+            _write_fp16(dense, result.fp16_path.with_name(f"{result.fp16_path.stem}_clip.onnx"),  # type: ignore[union-attr]
+                        result.clip_metadata)
+        onnx.checker.check_model(os.fspath(result.clip_path), full_check=True)
     onnx.checker.check_model(os.fspath(path), full_check=True)
     return result
 
 
-def trace_onnx(config: EngineConfig, batch_max: int) -> onnx.ModelProto:
-    """Trace the graph with ``torch.export`` and translate it to a clean, deterministic ONNX model."""
+def _write_checked(model: onnx.ModelProto, path: Path, metadata: dict[str, Any]) -> CompatReport:
+    """Check ``model`` against TensorRT's ONNX support, record the verdict in ``metadata`` and write it."""
+    from .trt_compat import check_tensorrt_compat
+
+    report = check_tensorrt_compat(model)
+    metadata["tensorrt_check"] = report.to_dict()
+    write_model(model, path, metadata)
+    return report
+
+
+def _write_fp16(model: onnx.ModelProto, path: Path, metadata: dict[str, Any]) -> None:
+    """Write the float16 variant of ``model`` (FP32 inputs and outputs) with its own metadata."""
+    from .trt_compat import check_tensorrt_compat
+
+    half, kept = convert_fp16(model)
+    meta16 = {**metadata, "precision": "fp16", "fp32_nodes": kept, "fp32_ops": sorted(FP16_KEEP_OPS)}
+    meta16["tensorrt_check"] = check_tensorrt_compat(half).to_dict()
+    write_model(half, path, meta16)
+
+
+def trace_onnx(config: EngineConfig, batch_max: int, clip: ClipModel | None = None) -> onnx.ModelProto:
+    """Trace the per-frame graph with ``torch.export`` and translate it to a clean, deterministic ONNX model."""
+    graph = build_graph(config, None if clip is None else clip.text).eval()
+    # batch 2 for the example: torch.export specialises a dimension of size 1
+    example = example_inputs(config, 2, None if clip is None else clip.dim)
+    return _to_onnx(graph, example, input_names(config), list(output_names(config)), batch_max)
+
+
+def trace_clip_onnx(config: EngineConfig, batch_max: int, clip: ClipModel) -> onnx.ModelProto:
+    """Trace the dense-CLIP keyframe graph (position embeddings already interpolated: a constant here)."""
+    dense = clip.dense(config.grid, config.clip_size).eval()
+    h, w = dense.input_size
+    return _to_onnx(dense, (torch.zeros(2, h, w, 3, dtype=torch.uint8),), ["image"], ["clip_feat"], batch_max)
+
+
+def _to_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str], outputs: list[str],
+             batch_max: int) -> onnx.ModelProto:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise ModelError(f"exporting to ONNX needs onnx and onnxscript ({exc.name} is missing): "
                          "pip install -e '.[dev]'") from exc
-    graph = FrameGraph(config).eval()
-    # batch 2 for the example: torch.export specialises a dimension of size 1
-    example = example_inputs(config, 2)
-    names = input_names()
     batch = torch.export.Dim("batch", min=1, max=max(batch_max, 2))
     with torch.no_grad(), _quiet():
-        program = torch.onnx.export(graph, example, None, dynamo=True, opset_version=OPSET, input_names=names,
-                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=tuple({0: batch} for _ in names),
+        program = torch.onnx.export(module, example, None, dynamo=True, opset_version=OPSET, input_names=names,
+                                    output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in names),
                                     external_data=False, optimize=False, verbose=False)
         _optimize(program.model)
     model = program.model_proto
@@ -190,16 +246,18 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def example_inputs(config: EngineConfig, batch: int) -> tuple[torch.Tensor, ...]:
+def example_inputs(config: EngineConfig, batch: int, clip_dim: int | None = None) -> tuple[torch.Tensor, ...]:
     """Graph inputs of the right shapes and dtypes (a black frame, fresh state, no query)."""
     h, w = frame_shape(config)
-    return (torch.zeros(batch, h, w, 3, dtype=torch.uint8), torch.full((batch,), 1 / 30), torch.ones(batch, dtype=torch.bool),
-            torch.zeros(batch, channels.NUM_CHANNELS), torch.zeros(batch, channels.NUM_CHANNELS),
-            *initial_state(config, batch).values())
-
-
-def input_names() -> list[str]:
-    return list(INPUT_NAMES) + [f"{s}_in" for s in STATE_NAMES]
+    head = (torch.zeros(batch, h, w, 3, dtype=torch.uint8), torch.full((batch,), 1 / 30),
+            torch.ones(batch, dtype=torch.bool))
+    if config.uses_clip:
+        gh, gw = config.grid
+        query = (torch.zeros(batch, clip_dim), torch.zeros(batch, clip_dim, gh, gw),  # type: ignore[arg-type]
+                 torch.ones(batch, dtype=torch.bool))
+    else:
+        query = (torch.zeros(batch, channels.NUM_CHANNELS), torch.zeros(batch, channels.NUM_CHANNELS))
+    return (*head, *query, *initial_state(config, batch, clip_dim=clip_dim).values())
 
 
 def _strip(model: onnx.ModelProto) -> None:
@@ -225,20 +283,13 @@ def _strip(model: onnx.ModelProto) -> None:
             del node.metadata_props[:]
 
 
-def build_metadata(config: EngineConfig, export: ExportConfig, model: onnx.ModelProto,
-                   precision: str) -> dict[str, Any]:
-    """Everything a runner needs to validate and feed the model, as plain JSON data."""
-    graph = FrameGraph(config)
+def build_metadata(config: EngineConfig, export: ExportConfig, model: onnx.ModelProto, precision: str,
+                   clip: ClipModel | None = None) -> dict[str, Any]:
+    """Everything a runner needs to validate and feed the per-frame model, as plain JSON data."""
+    graph = build_graph(config, None if clip is None else clip.text)
     h, w = frame_shape(config)
-    shapes = state_shapes(config, 1)
-    inputs = [{"name": "frame", "dtype": "uint8", "shape": ["batch", h, w, 3]},
-              {"name": "dt", "dtype": "float32", "shape": ["batch"]},
-              {"name": "reset", "dtype": "bool", "shape": ["batch"]},
-              {"name": "query_weights", "dtype": "float32", "shape": ["batch", channels.NUM_CHANNELS]},
-              {"name": "query_targets", "dtype": "float32", "shape": ["batch", channels.NUM_CHANNELS]}]
-    inputs += [{"name": f"{s}_in", "dtype": "float32", "shape": ["batch", *shapes[s][1:]]} for s in STATE_NAMES]
-    outputs = [{"name": v.name, "dtype": _onnx_dtype(v), "shape": _onnx_shape(v)} for v in model.graph.output]
-    return {
+    shapes = state_shapes(config, 1, None if clip is None else clip.dim)
+    meta = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "precision": precision,
@@ -250,15 +301,45 @@ def build_metadata(config: EngineConfig, export: ExportConfig, model: onnx.Model
         "grid": list(config.grid),
         "cell_px": config.cell_px,
         "k": config.k,
-        "inputs": inputs,
-        "outputs": outputs,
-        "state": {s: list(shapes[s][1:]) for s in STATE_NAMES},
+        "inputs": _io(model.graph.input),
+        "outputs": _io(model.graph.output),
+        "state": {s: list(shapes[s][1:]) for s in state_names(config)},
         "channels": channels.registry(),
         "parameters": {n: round(float(p), 8) for n, p in sorted(graph.named_parameters())},
         "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=True)",
         "versions": versions(),
     }
+    if clip is not None:
+        meta["clip"] = {"model": clip.name, **clip.text.metadata()}
+    return meta
+
+
+def build_clip_metadata(config: EngineConfig, export: ExportConfig, model: onnx.ModelProto, clip: ClipModel,
+                        precision: str) -> dict[str, Any]:
+    """Metadata of the dense-CLIP keyframe graph: its input size, grid, model and basis."""
+    return {
+        "format": CLIP_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "precision": precision,
+        "batch_max": export.batch_max,
+        "input_size": list(clip.input_size(config.grid, config.clip_size)),
+        "grid": list(config.grid),
+        "clip_size": config.clip_size,
+        "patch_size": clip.patch_size,
+        "image_mean": list(clip.image_mean),
+        "image_std": list(clip.image_std),
+        "inputs": _io(model.graph.input),
+        "outputs": _io(model.graph.output),
+        "clip": {"model": clip.name, **clip.text.metadata()},
+        "opset": OPSET,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "versions": versions(),
+    }
+
+
+def _io(values: Any) -> list[dict[str, Any]]:
+    return [{"name": v.name, "dtype": _onnx_dtype(v), "shape": _onnx_shape(v)} for v in values]
 
 
 def graph_config(config: EngineConfig) -> dict[str, Any]:
@@ -315,12 +396,39 @@ def parse_metadata(props: dict[str, str], source: str | os.PathLike[str]) -> dic
         meta = {k: json.loads(v) for k, v in props.items()}
     except json.JSONDecodeError as exc:
         raise ModelError(f"{source}: metadata is not this library's (not JSON: {exc})") from exc
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, CLIP_FORMAT):
         raise ModelError(f"{source} was not exported by arr_coc_stream (no {FORMAT!r} metadata)")
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise ModelError(f"{source}: metadata schema {meta.get('schema_version')} is not {SCHEMA_VERSION}; "
                          "re-export it with this version")
     return meta
+
+
+def check_model(meta: dict[str, Any], config: EngineConfig, source: str | os.PathLike[str],
+                clip: ClipModel | None = None, dense: bool = False) -> None:
+    """Refuse a per-frame (or, with ``dense``, dense-CLIP) model not exported for ``config`` and ``clip``.
+
+    Raises:
+        ModelError: a graph-shaping field differs, the file is the other kind of graph, or its CLIP basis is not
+            the loaded model's.
+    """
+    kinds = {FORMAT: "a per-frame graph", CLIP_FORMAT: "a dense-CLIP keyframe graph"}
+    want_format = CLIP_FORMAT if dense else FORMAT
+    if meta.get("format") != want_format:
+        raise ModelError(f"{source} is {kinds[meta.get('format')]}, not {kinds[want_format]}")
+    if dense:
+        if clip is None:
+            raise ModelError(f"{source}: a dense-CLIP graph runs only with query_encoder='clip'")
+        want = {"grid": list(config.grid), "input_size": list(clip.input_size(config.grid, config.clip_size))}
+        diffs = [f"{k}: model {meta.get(k)!r}, config {v!r}" for k, v in want.items() if meta.get(k) != v]
+        if diffs:
+            raise ModelError(f"{source} was exported for another configuration ({'; '.join(diffs)}); re-export it")
+    else:
+        check_metadata(meta, config, source)
+    if clip is not None and not clip.text.matches(meta.get("clip", {})):
+        raise ModelError(f"{source} was exported with another CLIP model ({meta.get('clip', {}).get('model')}, "
+                         f"basis {meta.get('clip', {}).get('digest')}) than {clip.name} (basis {clip.text.digest()}); "
+                         "re-export it with this model")
 
 
 def check_metadata(meta: dict[str, Any], config: EngineConfig, source: str | os.PathLike[str]) -> None:

@@ -2,9 +2,11 @@
 
 - propositional: how much structure (information) a cell carries,
 - perspectival: how much it stands out (saliency, motion) from where the viewer looks,
-- participatory: how well it couples to the query.
+- participatory: how well it couples to the query: a product of Gaussians over the channels the attribute
+  encoder set, or with CLIP the full-dimension cosine between the text embedding and each cell's dense CLIP
+  feature in the joint space, turned into a probability against neutral prompts.
 
-Each is a pure function of the texture array; weights are fixed constants so maps compare across frames.
+Each is a pure function of its inputs; weights are fixed constants so maps compare across frames.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ PROPOSITIONAL_WEIGHTS: dict[str, float] = {
 # Cues that count inversely (high value = less information).
 _INVERSE = ("flatness", "cluster_size", "edge_distance")
 SALIENCY_WEIGHT, MOTION_WEIGHT = 0.6, 0.4
+EPS = 1e-3
 # Share of a cell's query match lent to its 8 neighbours. A cell half covered by the object has a cell-mean
 # colour halfway to the background and matches weakly on its own; next to a strong match it is the object's
 # edge or its immediate context, which a VLM wants too. Measured on generated clips: a blue ball's
@@ -77,8 +80,36 @@ def participatory(tex: Tensor, query_weights: Tensor, query_targets: Tensor) -> 
     w = query_weights[:, :, None, None]
     t = query_targets[:, :, None, None]
     q = torch.exp(-(w * (tex - t) ** 2).sum(dim=1))
-    q = torch.maximum(q, QUERY_SPREAD * F.max_pool2d(q[:, None], 3, stride=1, padding=1)[:, 0])
-    return q * has_query(query_weights)[:, None, None]
+    return _spread(q) * has_query(query_weights)[:, None, None]
+
+
+def participatory_clip(feat: Tensor, text_emb: Tensor, neutral: Tensor, logit_scale: Tensor) -> Tensor:
+    """Query coupling with CLIP: the query against neutral prompts, cell by cell, in the joint space.
+
+    Q = softmax(logit_scale * [cos(t, f), cos(n_1, f), ..., cos(n_M, f)])[0]: the full-dimension cosine of the
+    text embedding t and the cell feature f, made a probability by competing with M neutral prompts ("a photo.",
+    "background."...) at CLIP's own temperature. A fixed scale, unlike a per-frame normalisation: a frame without
+    the queried thing scores low everywhere instead of lifting its best cell. Then raised to at least
+    QUERY_SPREAD times the best neighbour's Q, as for the attribute encoder; zero for a stream without a query.
+
+    Args:
+        feat: [B, D, gh, gw] cell features (unit, or zero where unknown). text_emb: [B, D], zero without a query.
+        neutral: [M, D] unit neutral-prompt embeddings. logit_scale: scalar.
+
+    Returns:
+        [B, gh, gw] in [0, 1].
+    """
+    t = text_emb / torch.clamp(torch.linalg.vector_norm(text_emb, dim=1, keepdim=True), min=EPS)
+    f = feat / torch.clamp(torch.linalg.vector_norm(feat, dim=1, keepdim=True), min=EPS)
+    cos_q = torch.einsum("bd,bdhw->bhw", t, f)
+    cos_n = torch.einsum("md,bdhw->bmhw", neutral, f)
+    q = torch.softmax(logit_scale * torch.cat([cos_q[:, None], cos_n], dim=1), dim=1)[:, 0]
+    return _spread(q) * has_text(text_emb)[:, None, None]
+
+
+def _spread(q: Tensor) -> Tensor:
+    """Raise each cell to at least QUERY_SPREAD times its best 8-neighbour. [B, gh, gw] -> [B, gh, gw]."""
+    return torch.maximum(q, QUERY_SPREAD * F.max_pool2d(q[:, None], 3, stride=1, padding=1)[:, 0])
 
 
 def has_query(query_weights: Tensor) -> Tensor:
@@ -86,15 +117,40 @@ def has_query(query_weights: Tensor) -> Tensor:
     return (query_weights.sum(dim=1) > 0).to(query_weights.dtype)
 
 
-class Knowing(nn.Module):
-    """Module twin of the three scorers; its constants are frozen parameters a later fit can learn."""
+def has_text(text_emb: Tensor) -> Tensor:
+    """1.0 for streams with a CLIP query (a unit text embedding), 0.0 without (zeros). [B, D] -> [B]."""
+    return (torch.linalg.vector_norm(text_emb, dim=1) > 0.5).to(text_emb.dtype)
 
-    def __init__(self, saliency_memory: float, foveal_falloff: float) -> None:
+
+class Knowing(nn.Module):
+    """Module twin of the three scorers; its constants are frozen parameters a later fit can learn.
+
+    Args:
+        saliency_memory, foveal_falloff: see :func:`perspectival`.
+        neutral: [M, D] neutral-prompt embeddings of a CLIP model (:class:`~arr_coc_stream.clip.ClipText`);
+            None for the attribute encoder.
+        logit_scale: that model's temperature.
+    """
+
+    def __init__(self, saliency_memory: float, foveal_falloff: float, neutral: Tensor | None = None,
+                 logit_scale: float = 100.0) -> None:
         super().__init__()
         self.saliency_memory = nn.Parameter(torch.tensor(saliency_memory), requires_grad=False)
         self.foveal_falloff = nn.Parameter(torch.tensor(foveal_falloff), requires_grad=False)
+        if neutral is not None:
+            self.register_buffer("neutral", neutral.detach().float().clone(), persistent=False)
+            self.register_buffer("logit_scale", torch.tensor(float(logit_scale)), persistent=False)
 
-    def forward(self, tex: Tensor, query_weights: Tensor, query_targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """[B, 40, gh, gw], [B, 40], [B, 40] -> three [B, gh, gw] maps (P, S, Q)."""
-        return (propositional(tex), perspectival(tex, self.saliency_memory, self.foveal_falloff),
-                participatory(tex, query_weights, query_targets))
+    def forward(self, tex: Tensor, query: tuple[Tensor, ...], clip_feat: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """Three [B, gh, gw] maps (P, S, Q).
+
+        Args:
+            tex: [B, 40, gh, gw]. query: ``(query_weights, query_targets)`` [B, 40] each, or ``(text_emb,)``
+                [B, D] with CLIP. clip_feat: [B, D, gh, gw] cell features, with CLIP only.
+        """
+        if clip_feat is None:
+            q = participatory(tex, *query)
+        else:
+            q = participatory_clip(clip_feat, query[0], self.neutral, self.logit_scale)
+        return propositional(tex), perspectival(tex, self.saliency_memory, self.foveal_falloff), q

@@ -26,11 +26,18 @@ else. Its limits, plainly:
   adding weight.
 
 A query with no usable word gives a :class:`QueryWarning` and query-free relevance, never a guess.
+
+:class:`ClipEncoder` (``"clip"``) reads the whole query with a CLIP text tower instead (:mod:`arr_coc_stream.clip`):
+its :attr:`EncodedQuery.embedding` is the unit text embedding ``[D]``, batched by :meth:`ClipEncoder.stack` into
+the CLIP graph's ``text_emb [B, D]``; there the participatory score is the cosine with each cell's dense CLIP
+feature. It understands what the model understands (objects, scenes, "the person in the yellow jacket"), and
+nothing is listed as ignored.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -44,10 +51,12 @@ import numpy as np
 import torch
 
 from .channels import CHANNELS, NUM_CHANNELS
+from .clip import ClipModel, load_clip
 from .errors import QueryError
 
 __all__ = [
     "ACHROMATIC_AB_WEIGHT", "ACHROMATIC_CHROMA", "ACHROMATIC_RGB_WEIGHT", "AttributeEncoder", "CENTRE_WEIGHT",
+    "ClipEncoder",
     "COLOUR_AB_WEIGHT", "COLOUR_RGB_WEIGHT", "ENCODERS", "EncodedQuery", "MOTION_WEIGHT", "POSITION_WEIGHT",
     "QueryEncoder", "QueryWarning", "STROKE_WEIGHT", "TEXT_WEIGHT", "css4_colours", "get_encoder",
     "srgb_to_lab", "stack_queries",
@@ -78,8 +87,10 @@ class EncodedQuery:
         text: the query as given, ``None`` for query-free relevance.
         weights: float32 ``[40]``, >= 0, indexed by the channel registry.
         targets: float32 ``[40]``, each inside its channel's declared range.
-        terms: the words/phrases actually used, in query order, as written ("dark blue", "left").
+        terms: the words/phrases actually used, in query order, as written ("dark blue", "left"); the whole
+            query for the CLIP encoder.
         ignored: words not used (not understood, or a second colour / conflicting position), stop-words excluded.
+        embedding: float32 ``[D]`` unit CLIP text embedding (CLIP encoder only; None otherwise).
 
     Compare two queries by their arrays (``np.array_equal``); ``==`` is identity.
     """
@@ -89,6 +100,7 @@ class EncodedQuery:
     targets: np.ndarray
     terms: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+    embedding: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for field in ("weights", "targets"):
@@ -102,11 +114,17 @@ class EncodedQuery:
             raise QueryError(f"EncodedQuery.weights must be >= 0, got min {float(self.weights.min())}")
         object.__setattr__(self, "terms", tuple(self.terms))
         object.__setattr__(self, "ignored", tuple(self.ignored))
+        if self.embedding is not None:
+            emb = np.array(self.embedding, dtype=np.float32)
+            if emb.ndim != 1 or not np.all(np.isfinite(emb)):
+                raise QueryError(f"EncodedQuery.embedding must be a finite vector, got shape {emb.shape}")
+            emb.setflags(write=False)
+            object.__setattr__(self, "embedding", emb)
 
     @property
     def has_query(self) -> bool:
-        """Whether any weight is positive (otherwise relevance is query-free)."""
-        return bool(np.any(self.weights > 0))
+        """Whether any weight is positive or a text embedding is set (otherwise relevance is query-free)."""
+        return bool(np.any(self.weights > 0)) or (self.embedding is not None and bool(np.any(self.embedding != 0)))
 
     @classmethod
     def query_free(cls, text: str | None = None, ignored: Sequence[str] = ()) -> EncodedQuery:
@@ -123,6 +141,10 @@ class QueryEncoder(ABC):
     @abstractmethod
     def encode(self, query: str | None) -> EncodedQuery:
         """Encode ``query``; ``None`` gives query-free relevance, an empty string raises QueryError."""
+
+    def stack(self, queries: Sequence[EncodedQuery]) -> tuple[torch.Tensor, ...]:
+        """Batch per-stream queries into the graph's query inputs (``query_weights, query_targets``)."""
+        return stack_queries(queries)
 
 
 def stack_queries(queries: Sequence[EncodedQuery]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,10 +255,7 @@ class AttributeEncoder(QueryEncoder):
     def encode(self, query: str | None) -> EncodedQuery:
         if query is None:
             return EncodedQuery.query_free()
-        if not isinstance(query, str):
-            raise QueryError(f"query must be a str or None, got {type(query).__name__}")
-        if not query.strip():
-            raise QueryError(f"empty query: {query!r}; pass None for query-free relevance")
+        _check_text(query)
 
         weights = np.zeros(NUM_CHANNELS, dtype=np.float32)
         targets = np.zeros(NUM_CHANNELS, dtype=np.float32)
@@ -351,12 +370,62 @@ def _colour_spec(key: str) -> list[tuple[str, float, float]]:
             ("r", float(rgb[0]), w_rgb), ("g", float(rgb[1]), w_rgb), ("b", float(rgb[2]), w_rgb)]
 
 
-ENCODERS: dict[str, type[QueryEncoder]] = {AttributeEncoder.name: AttributeEncoder}
+def _check_text(query: object) -> None:
+    if not isinstance(query, str):
+        raise QueryError(f"query must be a str or None, got {type(query).__name__}")
+    if not query.strip():
+        raise QueryError(f"empty query: {query!r}; pass None for query-free relevance")
 
 
-def get_encoder(name: str) -> QueryEncoder:
-    """A fresh encoder registered under ``name``; QueryError names the available ones otherwise."""
+class ClipEncoder(QueryEncoder):
+    """Open-vocabulary queries through a CLIP text tower; the query is used whole.
+
+    Args:
+        model: a :class:`~arr_coc_stream.clip.ClipModel`, or a local folder / hub id to load one from.
+
+    Example:
+        >>> from arr_coc_stream.clip import save_random_clip
+        >>> enc = ClipEncoder(save_random_clip("/tmp/tiny_clip"))  # doctest: +SKIP
+        >>> enc.encode("the person in the yellow jacket").embedding.shape  # doctest: +SKIP
+        (24,)
+    """
+
+    name = "clip"
+
+    def __init__(self, model: ClipModel | str | os.PathLike[str]) -> None:
+        self.model = model if isinstance(model, ClipModel) else load_clip(model)
+
+    def encode(self, query: str | None) -> EncodedQuery:
+        if query is None:
+            return EncodedQuery.query_free()
+        _check_text(query)
+        emb = self.model.embed_text([query])[0].numpy()
+        zeros = np.zeros(NUM_CHANNELS, dtype=np.float32)
+        return EncodedQuery(query, zeros, zeros, (query,), (), emb)
+
+    def stack(self, queries: Sequence[EncodedQuery]) -> tuple[torch.Tensor, ...]:
+        """Batch per-stream queries into ``text_emb [B, D]`` (zeros for a query-free stream)."""
+        queries = list(queries)
+        if not queries:
+            raise QueryError("ClipEncoder.stack needs at least one EncodedQuery, got none")
+        zeros = np.zeros(self.model.dim, dtype=np.float32)
+        rows = []
+        for i, q in enumerate(queries):
+            emb = zeros if getattr(q, "embedding", None) is None else q.embedding
+            if emb.shape != (self.model.dim,):
+                raise QueryError(f"query {i} has a text embedding of shape {emb.shape}, expected "
+                                 f"({self.model.dim},) for {self.model.name}")
+            rows.append(emb)
+        return (torch.from_numpy(np.stack(rows)),)
+
+
+ENCODERS: dict[str, type[QueryEncoder]] = {AttributeEncoder.name: AttributeEncoder, ClipEncoder.name: ClipEncoder}
+
+
+def get_encoder(name: str, **options: object) -> QueryEncoder:
+    """A fresh encoder registered under ``name`` (``options`` go to its constructor, e.g. ``model=`` for
+    ``"clip"``); QueryError names the available ones otherwise."""
     cls = ENCODERS.get(name) if isinstance(name, str) else None
     if cls is None:
         raise QueryError(f"unsupported query encoder {name!r}; available: {', '.join(sorted(ENCODERS))}")
-    return cls()
+    return cls(**options)

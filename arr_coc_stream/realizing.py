@@ -151,3 +151,21 @@ def blend(
     d = torch.exp(-dt / tau_s).view(-1, 1, 1, 1)
     cache = d * prev + (1.0 - d) * current
     return cache, torch.clamp(cache + boost * motion, 0.0, 1.0)
+
+
+def clip_cache(feat: Tensor, key: Tensor, cache: Tensor, flow: Tensor) -> Tensor:
+    """This frame's dense CLIP features: the keyframe's where ``key`` is set, else the cache warped by the flow.
+
+    Cells whose source lies outside the frame take the nearest border cell's feature: there is no current CLIP
+    value to fall back on between keyframes (the accumulated motion brings the next keyframe forward instead).
+
+    Args:
+        feat: [B, D, gh, gw] features computed for this frame (read where ``key``). key: [B] bool.
+        cache: [B, D, gh, gw] the previous frame's features. flow: [B, 2, gh, gw] in cells per frame.
+
+    Returns:
+        [B, D, gh, gw], unit along D (zero where the features are zero).
+    """
+    warped, _ = backward_warp(cache, flow)
+    f = torch.where(key.view(-1, 1, 1, 1), feat, warped)
+    return f / torch.clamp(torch.linalg.vector_norm(f, dim=1, keepdim=True), min=EPS)

@@ -39,6 +39,8 @@ class FrameResult:
         source_size: (H, W) of the source frame.
         gap: seconds of stream time lost just before this frame (live sources: a drop and reconnect), else 0.
         dropped: frames known lost just before this frame (live sources), else 0.
+        keyframe: with the CLIP encoder, why dense CLIP features were computed for this frame (``"first"``,
+            ``"reset"``, ``"cut"``, ``"interval"``, ``"motion"``); None when the cached ones were warped instead.
     """
 
     index: int
@@ -60,6 +62,7 @@ class FrameResult:
     source_size: tuple[int, int] = (0, 0)
     gap: float = 0.0
     dropped: int = 0
+    keyframe: str | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -168,6 +171,7 @@ class FrameResult:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "gap": round(self.gap, 6),
             "dropped": self.dropped,
+            "keyframe": self.keyframe,
         }
 
     @classmethod
@@ -188,6 +192,7 @@ class FrameResult:
             query_terms=tuple(d["query_terms"]), timings=dict(d["timings"]), reset=d["reset"],
             source_size=size,  # type: ignore[arg-type]
             gap=d.get("gap", 0.0), dropped=d.get("dropped", 0),  # absent from files of the first writer
+            keyframe=d.get("keyframe"),
         )
 
 

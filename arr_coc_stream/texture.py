@@ -34,6 +34,9 @@ STRONG_EDGE = 0.5       # grid edge value that counts as a strong edge for edge_
 EDGE_DISTANCE_STEPS = 16  # distances beyond 16 cells saturate
 KMEANS_ITERS = 3  # from spread seeds on a 32x32 grid, assignments barely change after 3
 KMEANS_POS_WEIGHT = 0.5
+# Weight of the clip_* channels in the k-means features. A unit feature's projections on the 16 basis directions
+# have a norm of at most 1, like the spread of cell colours in [0, 1]^3, so colour and CLIP count about equally.
+KMEANS_CLIP_WEIGHT = 1.0
 EPS = 1e-3
 
 
@@ -261,6 +264,7 @@ def texture(
     cell_px: int,
     clusters: int,
     flow_radius_cells: float,
+    clip_channels: Tensor | None = None,
 ) -> Tensor:
     """Compute the 40-channel texture array.
 
@@ -272,6 +276,8 @@ def texture(
         caches: [B, 3, gh, gw] warped prev_relevance, prev_saliency, fixation in [0, 1].
         pos: [N, 2] cell centres. ecc: [N] eccentricity.
         cell_px: pixels per cell. clusters: k-means clusters. flow_radius_cells: flow search radius in cells.
+        clip_channels: [B, 16, gh, gw] cell CLIP features on the model's fixed basis, in [-1, 1]; None (zeros)
+            without CLIP. They join the colour in the k-means features.
 
     Returns:
         [B, 40, gh, gw], channels in registry order and inside their declared ranges.
@@ -303,6 +309,8 @@ def texture(
     out["eccentricity"] = ecc.reshape(1, 1, gh, gw).expand(bsz, 1, gh, gw).to(rgb)
 
     feats = rgb_cells.flatten(2).transpose(1, 2)  # [B, N, 3]
+    if clip_channels is not None:
+        feats = torch.cat([feats, KMEANS_CLIP_WEIGHT * clip_channels.flatten(2).transpose(1, 2)], dim=-1)
     one_hot, cpos, counts = kmeans_grid(feats, pos.to(rgb), clusters)
     ids = torch.arange(clusters, dtype=rgb.dtype, device=rgb.device)
     out["cluster_id"] = (one_hot @ ids / (clusters - 1)).reshape(bsz, 1, gh, gw)
@@ -314,8 +322,8 @@ def texture(
 
     out["prev_relevance"], out["prev_saliency"], out["fixation"] = caches[:, 0:1], caches[:, 1:2], caches[:, 2:3]
     zeros = torch.zeros_like(mean)
-    for name in CLIP_CHANNELS:
-        out[name] = zeros
+    for i, name in enumerate(CLIP_CHANNELS):
+        out[name] = zeros if clip_channels is None else clip_channels[:, i:i + 1]
     out["edge_distance"] = edge_distance(out["edge"])
     f = torch.clamp(flow / flow_radius_cells, -1.0, 1.0)
     out["flow_x"], out["flow_y"] = f[:, 0:1], f[:, 1:2]
@@ -358,6 +366,7 @@ class Texture(nn.Module):
         self.register_buffer("ecc", ecc, persistent=False)
         self.cell_px, self.clusters, self.flow_radius_cells = cell_px, clusters, flow_radius_cells
 
-    def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, flow: Tensor, caches: Tensor) -> Tensor:
+    def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, flow: Tensor, caches: Tensor,
+                clip_channels: Tensor | None = None) -> Tensor:
         return texture(rgb, luma, motion, flow, caches, self.pos, self.ecc, self.cell_px, self.clusters,
-                       self.flow_radius_cells)
+                       self.flow_radius_cells, clip_channels)
