@@ -237,9 +237,12 @@ class DenseClip(nn.Module):
 
     def tokens(self, image: Tensor) -> Tensor:
         """Hidden states entering the last block. [B, H, W, 3] uint8 -> [B, 1 + P, C] (P patches)."""
+        # Shapes use -1 for the batch and static sizes elsewhere: no Shape node reads the uint8 input, which
+        # TensorRT accepts only as the input of a Cast.
         x = (image.to(torch.float32).permute(0, 3, 1, 2) / 255.0 - self.mean) / self.std
-        x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, P, C]
-        cls = self.class_embedding.view(1, 1, -1).expand(x.shape[0], 1, x.shape[2])
+        c, p = self.class_embedding.shape[0], self.patches[0] * self.patches[1]
+        x = self.patch_embedding(x).reshape(-1, c, p).transpose(1, 2)  # [B, P, C]
+        cls = self.class_embedding.view(1, 1, c) + torch.zeros_like(x[:, :1])  # [B, 1, C]
         x = self.pre_layernorm(torch.cat([cls, x], dim=1) + self.positions)
         for layer in self.layers[:-1]:
             x = x + _attention(layer.self_attn, layer.layer_norm1(x))
@@ -251,8 +254,8 @@ class DenseClip(nn.Module):
         x = self.tokens(image)[:, 1:]  # [B, P, C], the class token dropped
         v = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))  # value path, no mixing
         f = self.projection(self.post_layernorm(v))  # [B, P, D] in the joint space
-        bsz, (ph, pw) = f.shape[0], self.patches
-        f = f.transpose(1, 2).reshape(bsz, -1, ph, pw)  # [B, D, ph, pw]
+        (ph, pw), d = self.patches, f.shape[2]
+        f = f.transpose(1, 2).reshape(-1, d, ph, pw)  # [B, D, ph, pw]
         f = f / torch.clamp(torch.linalg.vector_norm(f, dim=1, keepdim=True), min=EPS)
         if (ph, pw) != self.grid:
             f = F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False)
@@ -266,15 +269,15 @@ def _attention(attn: nn.Module, x: Tensor) -> Tensor:
     Shape:
         x [B, N, C] -> [B, N, C].
     """
-    bsz, n, c = x.shape
+    _, n, c = x.shape
     heads = attn.num_heads
 
     def split(t: Tensor) -> Tensor:  # [B, N, C] -> [B, heads, N, C / heads]
-        return t.view(bsz, n, heads, c // heads).transpose(1, 2)
+        return t.reshape(-1, n, heads, c // heads).transpose(1, 2)
 
     q, k, v = split(attn.q_proj(x) * attn.scale), split(attn.k_proj(x)), split(attn.v_proj(x))
     w = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
-    return attn.out_proj((w @ v).transpose(1, 2).reshape(bsz, n, c))
+    return attn.out_proj((w @ v).transpose(1, 2).reshape(-1, n, c))
 
 
 def interpolate_positions(weight: Tensor, patches: tuple[int, int]) -> Tensor:

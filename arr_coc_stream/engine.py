@@ -141,9 +141,10 @@ class Engine:
         else:
             keyframe = self._keyframe_due(reset, max(dt, 0.0))
             out = self.runner((*head, *self._clip_inputs(frame, keyframe, timings), *states), timings)
-            if keyframe is None and bool(out[RESULT_NAMES.index("cut")][0]):
-                keyframe = "cut"  # score the shot's first frame with its own features: same *_in, again
-                out = self.runner((*head, *self._clip_inputs(frame, keyframe, timings), *states), timings)
+            if bool(out[RESULT_NAMES.index("cut")][0]):
+                if keyframe is None:  # score the shot's first frame with its own features: same *_in, again
+                    out = self.runner((*head, *self._clip_inputs(frame, "cut", timings), *states), timings)
+                keyframe = "cut"
         named = dict(zip(self._outputs, out))
         self._state = {name: named[f"{name}_out"] for name in self._state_names}
         self._fresh, self._last_time, self._last_size = False, time, size

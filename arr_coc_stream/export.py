@@ -209,7 +209,27 @@ def _to_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: 
         _optimize(program.model)
     model = program.model_proto
     _strip(model)
+    _shapes_after_cast(model.graph)
     return model
+
+
+def _shapes_after_cast(graph: onnx.GraphProto) -> None:
+    """Make Shape nodes that read a uint8 graph input read its Cast instead (the same shape).
+
+    TensorRT takes a uint8 input only into a Cast. The exporter reads the dynamic batch size from the first input
+    that has it, which for the dense-CLIP graph (one input) is the uint8 image.
+    """
+    import onnx
+
+    uint8 = {v.name for v in graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
+    casts = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "Cast" and n.input[0] in uint8}
+    moved = False
+    for node in graph.node:
+        if node.op_type == "Shape" and node.input[0] in casts:
+            node.input[0] = casts[node.input[0]]
+            moved = True
+    if moved:
+        _topological_sort(graph)
 
 
 def _optimize(model: Any) -> None:

@@ -120,7 +120,8 @@ class FrameGraph(nn.Module):
         self.config = config
         p = config.params
         self.flow_radius_cells = config.flow_radius * realizing.FLOW_DOWNSCALE / config.cell_px
-        self.texture = Texture(config.grid, config.cell_px, config.clusters, self.flow_radius_cells)
+        self.texture = Texture(config.grid, config.cell_px, config.clusters, self.flow_radius_cells,
+                               None if clip is None else clip.basis)
         self.knowing = Knowing(p["saliency_memory"], p["foveal_falloff"],
                                None if clip is None else clip.neutral, 100.0 if clip is None else clip.logit_scale)
         self.balancing = Balancing(p["particularize"], p["query_share"], p["diversify"], config.clusters)
@@ -177,13 +178,10 @@ class FrameGraph(nn.Module):
             warped, valid = realizing.backward_warp(caches, flow)
             valid = valid * keep.view(-1, 1, 1, 1)
             motion = motion_channel(luma, luma_in, fresh, cfg.cell_px)
-            clip_now = clip_channels = None
-            if clip is not None:
-                clip_now = realizing.clip_cache(clip[0], clip[1], clip[2], flow)
-                clip_channels = torch.einsum("kd,bdhw->bkhw", self.basis, clip_now)
+            clip_now = None if clip is None else realizing.clip_cache(clip[0], clip[1], clip[2], flow)
 
         with _timed(timings, "texture"):
-            tex = self.texture(rgb, luma, motion, flow, warped * valid, clip_channels)
+            tex = self.texture(rgb, luma, motion, flow, warped * valid, clip_now)
             # a cell with no valid history stabilises its saliency with its own current value
             sal = tex[:, idx("saliency")]
             prev_sal = valid[:, 0] * tex[:, idx("prev_saliency")] + (1.0 - valid[:, 0]) * sal
@@ -248,7 +246,6 @@ class ClipFrameGraph(FrameGraph):
         if clip is None:
             raise ConfigError("the CLIP per-frame graph needs the model's ClipText constants")
         super().__init__(config, clip)
-        self.register_buffer("basis", clip.basis.detach().float().clone(), persistent=False)
 
     def forward(self, frame: Tensor, dt: Tensor, reset: Tensor, text_emb: Tensor, clip_feat: Tensor,
                 clip_key: Tensor, luma_in: Tensor, relevance_in: Tensor, saliency_in: Tensor, fixation_in: Tensor,

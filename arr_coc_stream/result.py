@@ -40,7 +40,8 @@ class FrameResult:
         gap: seconds of stream time lost just before this frame (live sources: a drop and reconnect), else 0.
         dropped: frames known lost just before this frame (live sources), else 0.
         keyframe: with the CLIP encoder, why dense CLIP features were computed for this frame (``"first"``,
-            ``"reset"``, ``"cut"``, ``"interval"``, ``"motion"``); None when the cached ones were warped instead.
+            ``"reset"``, ``"cut"`` (also when the interval or motion was due on a cut frame), ``"interval"``,
+            ``"motion"``); None when the cached ones were warped instead.
     """
 
     index: int

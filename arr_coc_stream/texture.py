@@ -264,7 +264,8 @@ def texture(
     cell_px: int,
     clusters: int,
     flow_radius_cells: float,
-    clip_channels: Tensor | None = None,
+    clip_feat: Tensor | None = None,
+    clip_basis: Tensor | None = None,
 ) -> Tensor:
     """Compute the 40-channel texture array.
 
@@ -276,8 +277,9 @@ def texture(
         caches: [B, 3, gh, gw] warped prev_relevance, prev_saliency, fixation in [0, 1].
         pos: [N, 2] cell centres. ecc: [N] eccentricity.
         cell_px: pixels per cell. clusters: k-means clusters. flow_radius_cells: flow search radius in cells.
-        clip_channels: [B, 16, gh, gw] cell CLIP features on the model's fixed basis, in [-1, 1]; None (zeros)
-            without CLIP. They join the colour in the k-means features.
+        clip_feat: [B, D, gh, gw] unit dense CLIP cell features (zero where unknown); None without CLIP.
+        clip_basis: [16, D] the model's fixed orthonormal basis: channels clip_0..clip_15 are the features'
+            coordinates on it, in [-1, 1] (zeros without CLIP). They join the colour in the k-means features.
 
     Returns:
         [B, 40, gh, gw], channels in registry order and inside their declared ranges.
@@ -309,7 +311,9 @@ def texture(
     out["eccentricity"] = ecc.reshape(1, 1, gh, gw).expand(bsz, 1, gh, gw).to(rgb)
 
     feats = rgb_cells.flatten(2).transpose(1, 2)  # [B, N, 3]
-    if clip_channels is not None:
+    clip_channels = None
+    if clip_feat is not None and clip_basis is not None:
+        clip_channels = torch.einsum("kd,bdhw->bkhw", clip_basis, clip_feat)  # [B, 16, gh, gw]
         feats = torch.cat([feats, KMEANS_CLIP_WEIGHT * clip_channels.flatten(2).transpose(1, 2)], dim=-1)
     one_hot, cpos, counts = kmeans_grid(feats, pos.to(rgb), clusters)
     ids = torch.arange(clusters, dtype=rgb.dtype, device=rgb.device)
@@ -357,16 +361,20 @@ def motion_channel(luma: Tensor, prev_luma: Tensor, fresh: Tensor, cell_px: int)
 
 
 class Texture(nn.Module):
-    """Module twin of :func:`texture` holding the grid constants as buffers."""
+    """Module twin of :func:`texture` holding the grid constants (and a CLIP model's basis) as buffers."""
 
-    def __init__(self, grid: tuple[int, int], cell_px: int, clusters: int, flow_radius_cells: float) -> None:
+    def __init__(self, grid: tuple[int, int], cell_px: int, clusters: int, flow_radius_cells: float,
+                 clip_basis: Tensor | None = None) -> None:
         super().__init__()
         pos, ecc = grid_positions(grid)
         self.register_buffer("pos", pos, persistent=False)
         self.register_buffer("ecc", ecc, persistent=False)
+        # None registers no tensor: the attribute graph holds no CLIP constant
+        self.register_buffer("clip_basis", None if clip_basis is None else clip_basis.detach().float().clone(),
+                             persistent=False)
         self.cell_px, self.clusters, self.flow_radius_cells = cell_px, clusters, flow_radius_cells
 
     def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, flow: Tensor, caches: Tensor,
-                clip_channels: Tensor | None = None) -> Tensor:
+                clip_feat: Tensor | None = None) -> Tensor:
         return texture(rgb, luma, motion, flow, caches, self.pos, self.ecc, self.cell_px, self.clusters,
-                       self.flow_radius_cells, clip_channels)
+                       self.flow_radius_cells, clip_feat, self.clip_basis)

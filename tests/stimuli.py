@@ -20,6 +20,16 @@ from arr_coc_stream.texture import grid_positions, luminance, motion_channel, te
 SIZE, CELL, GRID = 256, 8, 32
 CLUSTERS, FLOW_RADIUS_CELLS = 6, 2.0
 GREY = 0.5
+# A stand-in CLIP model's fixed basis: 16 orthonormal directions of a 24-d joint space (the tiny test model's D).
+CLIP_DIM = 24
+CLIP_BASIS = torch.linalg.qr(torch.randn(CLIP_DIM, 16, generator=torch.Generator().manual_seed(3)))[0].t().contiguous()
+
+
+def clip_features(direction: np.ndarray, rows: tuple[int, int] = (0, GRID)) -> np.ndarray:
+    """Dense CLIP features [D, 32, 32]: the unit ``direction`` [D] on grid rows [r0, r1), zero elsewhere."""
+    feat = np.zeros((CLIP_DIM, GRID, GRID), np.float32)
+    feat[:, rows[0]:rows[1]] = (direction / np.linalg.norm(direction))[:, None, None]
+    return feat
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -134,6 +144,7 @@ class Scene:
     fresh: bool = False                     # the state starts over (reset or cut)
     flow: np.ndarray = field(default_factory=lambda: np.zeros((2, GRID, GRID), np.float32))  # cells/frame
     caches: np.ndarray = field(default_factory=lambda: np.zeros((3, GRID, GRID), np.float32))
+    clip: np.ndarray | None = None          # dense CLIP features [D, 32, 32] (projected on CLIP_BASIS)
 
 
 def to_tensor(frame: np.ndarray) -> torch.Tensor:
@@ -150,8 +161,9 @@ def run_texture(scene: Scene) -> dict[str, np.ndarray]:
     flow = torch.as_tensor(scene.flow, dtype=torch.float32)[None]
     caches = torch.as_tensor(scene.caches, dtype=torch.float32)[None]
     pos, ecc = grid_positions((GRID, GRID))
+    clip = None if scene.clip is None else torch.as_tensor(scene.clip)[None]
     with torch.no_grad():
         tex = texture(rgb, luma, motion, flow, caches, pos, ecc, cell_px=CELL, clusters=CLUSTERS,
-                      flow_radius_cells=FLOW_RADIUS_CELLS)
+                      flow_radius_cells=FLOW_RADIUS_CELLS, clip_feat=clip, clip_basis=None if clip is None else CLIP_BASIS)
     assert tex.shape == (1, len(CHANNELS), GRID, GRID), tex.shape
     return {name: tex[0, ch.index].double().numpy() for name, ch in CHANNELS.items()}

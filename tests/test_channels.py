@@ -90,10 +90,28 @@ def geometry(axis: int | None) -> Callable:
     return check
 
 
-def zero_until_clip(name: str, fors: list[Tex], against: list[Tex]) -> None:
-    # No CLIP backend yet: DESIGN.md says zeros without CLIP. The CLIP issue adds the responding stimulus.
-    for t in fors + against:
-        assert np.all(t[name] == 0.0), f"{name} without CLIP: max |v| {np.abs(t[name]).max()}"
+CLIP_ROWS = (8, 20)
+
+
+def _clip_scene(i: int | None) -> Scene:
+    """Grey frame whose rows 8..19 carry CLIP features along basis direction ``i`` (None: orthogonal to all 16)."""
+    basis = st.CLIP_BASIS.numpy()
+    if i is None:
+        direction = np.random.default_rng(1).standard_normal(st.CLIP_DIM)
+        direction -= basis.T @ (basis @ direction)  # remove every basis component
+    else:
+        direction = basis[i]
+    return Scene(st.flat(), clip=st.clip_features(direction, CLIP_ROWS))
+
+
+def clip_check(name: str, fors: list[Tex], against: list[Tex]) -> None:
+    """clip_i is the feature's coordinate on basis direction i: 1 along it, 0 off the features and for
+    directions orthogonal to the basis, and 0 without CLIP."""
+    roi = cells(*CLIP_ROWS, 0, 32)
+    f = fors[0][name]
+    assert f[roi].min() > 0.999 and np.all(f[~roi] == 0.0), f"{name}: along its direction {f[roi].min():.4f}"
+    for t in against:
+        assert np.abs(t[name]).max() < 1e-5, f"{name}: max |v| {np.abs(t[name]).max()} off its direction"
 
 
 def motion_check(name: str, fors: list[Tex], against: list[Tex]) -> None:
@@ -192,7 +210,8 @@ CASES: dict[str, Case] = {
     "prev_relevance": Case((Scene(st.flat(), caches=CACHES),), (GREY,), passthrough(0)),
     "prev_saliency": Case((Scene(st.flat(), caches=CACHES),), (GREY,), passthrough(1)),
     "fixation": Case((Scene(st.flat(), caches=CACHES),), (GREY,), passthrough(2)),
-    **{name: Case((TEXTURED, Scene(st.blob())), (GREY,), zero_until_clip) for name in CLIP_CHANNELS},
+    **{name: Case((_clip_scene(i),), (_clip_scene(None), _clip_scene((i + 1) % 16), TEXTURED), clip_check)
+       for i, name in enumerate(CLIP_CHANNELS)},
     "edge_distance": Case((Scene(st.step_edge()),), (GREY,), edge_distance_check),
     "flow_x": Case((Scene(st.flat(), flow=_flow(1, 0)), Scene(st.flat(), flow=_flow(5, 0))),
                    (Scene(st.flat(), flow=_flow(-1, 0)), Scene(st.flat(), flow=_flow(0, 1))), flow_check),
@@ -206,11 +225,7 @@ CASES: dict[str, Case] = {
 }
 
 
-def _channel_param(name: str):
-    return pytest.param(name, id=f"{name}-zero-until-CLIP") if name in CLIP_CHANNELS else name
-
-
-@pytest.mark.parametrize("name", [_channel_param(n) for n in CHANNELS])
+@pytest.mark.parametrize("name", list(CHANNELS))
 def test_channel_responds_to_its_stimulus(name):
     assert name in CASES, f"channel {name!r} is in the registry but has no stimulus in test_channels.py"
     case = CASES[name]
@@ -275,7 +290,7 @@ def test_channel_in_range_and_alive_on_real_clips(name, real_textures):
     v = real_textures[:, ch.index]
     lo, hi, std = v.min().item(), v.max().item(), v.std().item()
     assert ch.low - 1e-6 <= lo and hi <= ch.high + 1e-6, f"{name} in [{lo:.4f}, {hi:.4f}], declared {ch.low, ch.high}"
-    if name in CLIP_CHANNELS:
+    if name in CLIP_CHANNELS:  # these textures have no CLIP features; test_clip.py covers real clips with them
         assert lo == hi == 0.0, f"{name} without CLIP must be 0, got [{lo}, {hi}]"
     else:
         assert std > 1e-3, f"{name} is constant on real frames (std {std:.2e}, [{lo:.4f}, {hi:.4f}])"
@@ -293,3 +308,15 @@ def test_function_module_parity():
     got = Texture((st.GRID, st.GRID), st.CELL, st.CLUSTERS, st.FLOW_RADIUS_CELLS)(rgb, luma, motion, flow, caches)
     assert got.shape == (1, len(CHANNELS), st.GRID, st.GRID)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_clusters_follow_clip_features_when_present():
+    """A uniform grey frame whose band of rows has other CLIP features: the band becomes its own cluster."""
+    direction = st.CLIP_BASIS[0].numpy() + st.CLIP_BASIS[1].numpy()
+    rows = (13, 15)
+    band = cells(*rows, 0, 32)
+    with_clip = run_texture(Scene(st.flat(), clip=st.clip_features(direction, rows)))["cluster_id"]
+    without = run_texture(Scene(st.flat()))["cluster_id"]
+    inside, outside = np.unique(with_clip[band]), np.unique(with_clip[~band])
+    assert inside.size == 1 and inside[0] not in outside, f"band ids {inside}, elsewhere {outside}"
+    assert np.unique(without[band]).size > 1, "without CLIP the grey band area is split by position only"
