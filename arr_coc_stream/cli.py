@@ -20,11 +20,18 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=int, help="maximum selected cells (default 200)")
     g.add_argument("--cell-px", type=int, help="work-resolution pixels per cell (default 8)")
     g.add_argument("--device", help="torch device (default cpu)")
+    g.add_argument("--clip-model", help="query with CLIP: a local CLIP folder (save_pretrained) or a hub id "
+                                        "(default: the offline attribute encoder)")
+    g.add_argument("--clip-interval", type=float, help="seconds between dense-CLIP keyframes (default 1)")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"grid": "grid", "k": "k", "cell_px": "cell_px", "device": "device"}
-    return {dst: getattr(args, src) for src, dst in names.items() if getattr(args, src, None) is not None}
+    names = {"grid": "grid", "k": "k", "cell_px": "cell_px", "device": "device", "clip_model": "clip_model",
+             "clip_interval": "clip_interval_s"}
+    options = {dst: getattr(args, src) for src, dst in names.items() if getattr(args, src, None) is not None}
+    if "clip_model" in options:
+        options["query_encoder"] = "clip"
+    return options
 
 
 def _source_and_query(args: argparse.Namespace) -> tuple[str | int, str | None]:
@@ -62,8 +69,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    run_bench(args.source, frames=args.frames, options=_options(args), quality=not args.no_quality,
-              backends=backends, model=args.model)
+    options = _options(args)
+    clip_model = options.pop("clip_model", None)
+    options.pop("query_encoder", None)
+    run_bench(args.source, frames=args.frames, options=options, quality=not args.no_quality,
+              backends=backends, model=args.model, clip=args.clip or clip_model is not None, clip_model=clip_model)
     return 0
 
 
@@ -92,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated backends timed side by side, e.g. torch,onnxruntime (default torch)")
     b.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
                                    "models/, else a fresh export)")
+    b.add_argument("--clip", action="store_true",
+                   help="add the dense-CLIP keyframe table (a random ViT-B/32-shaped model unless --clip-model)")
     _engine_options(b)
     b.set_defaults(func=_cmd_bench)
     return parser

@@ -4,7 +4,8 @@
 Run it on the machine whose GPU will run the engine, with TensorRT 10.x or 11.x installed. The network is
 strongly typed: the precision is the ONNX file's (``<name>.onnx`` FP32, ``<name>_fp16.onnx`` float16). Writes
 ``models/<name>.engine`` and ``models/<name>.engine.json`` (TensorRT version, GPU compute capability) and keeps a
-timing cache in ``models/tensorrt.timing.cache``. Engines are never committed.
+timing cache in ``models/tensorrt.timing.cache``. Engines are never committed. A CLIP export's keyframe graph,
+``<name>_clip.onnx`` beside the given file, is built too (``<name>_clip.engine``): the engine runs both.
 
     python export/build_trt.py                                   # the default model in models/
     python export/build_trt.py models/<name>_fp16.onnx --workspace-mib 2048
@@ -41,18 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    build = BuildConfig(onnx=args.onnx, output=args.output, workspace_mib=args.workspace_mib,
-                        timing_cache=args.timing_cache, int8=args.int8)
-    try:
-        result = build_engine(build)
-    except ArrCocError as exc:
-        print(f"build_trt.py: error: {exc}", file=sys.stderr)
-        return 2
-    trt = result.info["tensorrt"]
-    print(f"wrote {result.engine} ({result.engine.stat().st_size / 2**20:.1f} MiB) and {result.info_path.name}: "
-          f"TensorRT {trt['version']}, {trt['gpu']} (compute capability {'.'.join(map(str, trt['compute_capability']))}), "
-          f"{trt['precision']}, batch 1..{result.info['model']['batch_max']}")
-    print(f"timing cache {result.timing_cache} ({'reused and updated' if result.timing_cache_reused else 'created'})")
+    builds = [BuildConfig(onnx=args.onnx, output=args.output, workspace_mib=args.workspace_mib,
+                          timing_cache=args.timing_cache, int8=args.int8)]
+    clip_onnx = args.onnx.with_name(f"{args.onnx.stem}_clip.onnx")
+    if clip_onnx.is_file():
+        engine = builds[0].engine_path
+        builds.append(BuildConfig(onnx=clip_onnx, output=engine.with_name(f"{engine.stem}_clip.engine"),
+                                  workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, int8=args.int8))
+    for build in builds:
+        try:
+            result = build_engine(build)
+        except ArrCocError as exc:
+            print(f"build_trt.py: error: {exc}", file=sys.stderr)
+            return 2
+        trt = result.info["tensorrt"]
+        print(f"wrote {result.engine} ({result.engine.stat().st_size / 2**20:.1f} MiB) and {result.info_path.name}: "
+              f"TensorRT {trt['version']}, {trt['gpu']} (compute capability "
+              f"{'.'.join(map(str, trt['compute_capability']))}), {trt['precision']}, "
+              f"batch 1..{result.info['model']['batch_max']}")
+        print(f"timing cache {result.timing_cache} ({'reused and updated' if result.timing_cache_reused else 'created'})")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import re
 import subprocess
@@ -218,6 +219,29 @@ def test_build_script_help_and_clear_failure_without_tensorrt(tiny_onnx: Path) -
         out = subprocess.run([sys.executable, script, str(tiny_onnx)], capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and "build_trt.py: error:" in out.stderr and "TensorRT" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_build_script_builds_the_clip_pair(fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLIP export's keyframe graph beside the per-frame graph is built too, with its own engine JSON."""
+    from arr_coc_stream.export import CLIP_FORMAT, SCHEMA_VERSION
+
+    spec = importlib.util.spec_from_file_location("build_trt_script", ROOT / "export" / "build_trt.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    onnx = tmp_path / "pair.onnx"
+    onnx.write_bytes(tiny_onnx.read_bytes())
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 448, 448, 3])
+    feat = helper.make_tensor_value_info("clip_feat", TensorProto.UINT8, ["batch", 448, 448, 3])
+    dense = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["clip_feat"])], "dense",
+                                                [image], [feat]), opset_imports=[helper.make_opsetid("", 18)])
+    write_model(dense, tmp_path / "pair_clip.onnx", {"format": CLIP_FORMAT, "schema_version": SCHEMA_VERSION,
+                                                     "batch_max": 2})
+    assert script.main([str(onnx)]) == 0
+    assert (tmp_path / "pair.engine").is_file() and (tmp_path / "pair_clip.engine").is_file()
+    info = json.loads((tmp_path / "pair_clip.engine.json").read_text())
+    assert info["model"]["format"] == CLIP_FORMAT and info["tensorrt"]["profile"]["image"]["max"][0] == 2
+    assert capsys.readouterr().out.count("wrote ") == 2
 
 
 def _real_tensorrt() -> ModuleType | None:

@@ -370,3 +370,14 @@ def test_model_files_must_match_the_clip_model(exported: ExportedModel, tiny_cli
         acs.Engine(clip_config(tiny_clip), backend="onnxruntime", model=exported.clip_path)
     with pytest.raises(ModelError, match="another configuration"):
         acs.Engine(acs.EngineConfig(), backend="onnxruntime", model=exported.path)
+
+
+def test_bench_clip_table_counts_keyframes_per_interval(tiny_clip: Path, tmp_path: Path) -> None:
+    from arr_coc_stream.bench import clip_table
+
+    video = synth.write_clip(synth.moving_object("red", n_frames=16), tmp_path / "ball.mp4")
+    header, rows = clip_table(video, 8, {}, str(tiny_clip), intervals=(1, 4))
+    assert header[1] == "keyframes" and header[-1] == "ratio to no CLIP"
+    assert [row[1] for row in rows] == [0, 8, 2]  # none without CLIP; every frame; frames 0 and 4
+    assert rows[0][-1] == "1.00" and all(float(row[5]) > 0 for row in rows)
+    assert all(float(row[2]) > 0 for row in rows[1:])
