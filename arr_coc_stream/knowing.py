@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .channels import idx
+from .clip import unit
 
 # Structure cues and their weights (sum 1): detail lives at edges, thin strokes, high frequencies, region
 # boundaries, small regions and near strong edges; flat regions compress.
@@ -26,7 +27,6 @@ PROPOSITIONAL_WEIGHTS: dict[str, float] = {
 # Cues that count inversely (high value = less information).
 _INVERSE = ("flatness", "cluster_size", "edge_distance")
 SALIENCY_WEIGHT, MOTION_WEIGHT = 0.6, 0.4
-EPS = 1e-3
 # Share of a cell's query match lent to its 8 neighbours. A cell half covered by the object has a cell-mean
 # colour halfway to the background and matches weakly on its own; next to a strong match it is the object's
 # edge or its immediate context, which a VLM wants too. Measured on generated clips: a blue ball's
@@ -93,17 +93,18 @@ def participatory_clip(feat: Tensor, text_emb: Tensor, neutral: Tensor, logit_sc
     QUERY_SPREAD times the best neighbour's Q, as for the attribute encoder; zero for a stream without a query.
 
     Args:
-        feat: [B, D, gh, gw] cell features (unit, or zero where unknown). text_emb: [B, D], zero without a query.
+        feat: [B, D, gh, gw] cell features, unit along D or zero where unknown (as
+            :func:`~arr_coc_stream.realizing.clip_cache` gives them). text_emb: [B, D], zero without a query.
         neutral: [M, D] unit neutral-prompt embeddings. logit_scale: scalar.
 
     Returns:
         [B, gh, gw] in [0, 1].
     """
-    t = text_emb / torch.clamp(torch.linalg.vector_norm(text_emb, dim=1, keepdim=True), min=EPS)
-    f = feat / torch.clamp(torch.linalg.vector_norm(feat, dim=1, keepdim=True), min=EPS)
-    cos_q = torch.einsum("bd,bdhw->bhw", t, f)
-    cos_n = torch.einsum("md,bdhw->bmhw", neutral, f)
-    q = torch.softmax(logit_scale * torch.cat([cos_q[:, None], cos_n], dim=1), dim=1)[:, 0]
+    bsz, d, gh, gw = feat.shape
+    t = unit(text_emb)
+    texts = torch.cat([t[:, None], neutral[None].expand(bsz, -1, -1)], dim=1)  # [B, 1 + M, D]
+    cos = torch.bmm(texts, feat.reshape(bsz, d, gh * gw))  # one product for the query and every neutral prompt
+    q = torch.softmax(logit_scale * cos, dim=1)[:, 0].reshape(bsz, gh, gw)
     return _spread(q) * has_text(text_emb)[:, None, None]
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .clip import unit
+
 FLOW_DOWNSCALE = 4        # flow runs on luminance at work / 4 (64x64 by default)
 FLOW_TEMPERATURE = 0.002  # soft-argmin temperature on the mean-abs-difference cost
 CUT_POOL = 8              # cut statistics on an 8x8 layout of colour and structure
@@ -167,5 +169,4 @@ def clip_cache(feat: Tensor, key: Tensor, cache: Tensor, flow: Tensor) -> Tensor
         [B, D, gh, gw], unit along D (zero where the features are zero).
     """
     warped, _ = backward_warp(cache, flow)
-    f = torch.where(key.view(-1, 1, 1, 1), feat, warped)
-    return f / torch.clamp(torch.linalg.vector_norm(f, dim=1, keepdim=True), min=EPS)
+    return unit(torch.where(key.view(-1, 1, 1, 1), feat, warped))
