@@ -104,6 +104,9 @@ class FrameGraph(nn.Module):
 
     Call with tensors in :func:`input_names` order; returns a tuple in :func:`output_names` order.
 
+    Args:
+        config: the engine configuration. clip: a CLIP model's constants, given by :class:`ClipFrameGraph` only.
+
     Inputs:
         frame [B, H, W, 3] uint8 RGB (work size, or ``frame_size`` in full input mode); dt [B] float32 seconds;
         reset [B] bool; query_weights, query_targets [B, 40] float32; then every state in

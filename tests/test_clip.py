@@ -297,7 +297,7 @@ def test_set_query_and_jsonl(tiny_clip: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def exported(tiny_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     folder = tmp_path_factory.mktemp("clip_models")
-    return export_onnx(clip_config(tiny_clip), folder / "tiny.onnx", batch_max=2)
+    return export_onnx(clip_config(tiny_clip), folder / "tiny.onnx", batch_max=2, fp16=True)
 
 
 def test_export_writes_both_graphs(exported: ExportedModel, model: ClipModel) -> None:
@@ -309,6 +309,16 @@ def test_export_writes_both_graphs(exported: ExportedModel, model: ClipModel) ->
         assert model.text.matches(meta["clip"]) and meta["clip"]["digest"] == model.text.digest()
     assert clip_meta["input_size"] == [448, 448] and clip_meta["outputs"][0]["shape"] == ["batch", 24, 32, 32]
     assert [i["name"] for i in frame_meta["inputs"]][3:6] == ["text_emb", "clip_feat", "clip_key"]
+    # the float16 pair: <name>_fp16.onnx and its keyframe graph <name>_fp16_clip.onnx, run together
+    half_clip = exported.fp16_path.with_name("tiny_fp16_clip.onnx")
+    assert read_metadata(half_clip)["precision"] == "fp16" and read_metadata(exported.fp16_path)["precision"] == "fp16"
+    frames = synth.moving_object("red", n_frames=3).frames
+    options = dict(query="a red ball", query_encoder="clip", clip_model=model.name, backend="onnxruntime")
+    full = acs.run(frames, model=exported.path, **options)
+    half = acs.run(frames, model=exported.fp16_path, **options)
+    for a, b in zip(full, half):
+        overlap = len(set(a.selected) & set(b.selected)) / len(set(a.selected) | set(b.selected))
+        assert np.abs(a.relevance - b.relevance).max() < 0.02 and overlap > 0.9
 
 
 def test_onnxruntime_parity(exported: ExportedModel, tiny_clip: Path, model: ClipModel) -> None:
