@@ -44,7 +44,10 @@ class Engine:
         query: the text query, or None for query-free relevance.
         backend: ``"torch"`` (default, per-stage timings), ``"onnxruntime"`` or ``"tensorrt"``.
         model: the exported ``.onnx`` file (onnxruntime) or built ``.engine`` (tensorrt); its metadata must
-            match ``config`` (:class:`ModelError` otherwise).
+            match ``config`` (:class:`ModelError` otherwise). With CLIP, the keyframe graph ``<name>_clip`` beside
+            it runs on the same backend.
+        clip: with ``query_encoder="clip"``, an already loaded :class:`~arr_coc_stream.clip.ClipModel` to share
+            between engines (default: loaded from ``config.clip_model``).
 
     Example:
         >>> import numpy as np, arr_coc_stream
