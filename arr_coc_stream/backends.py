@@ -29,7 +29,7 @@ import torch
 
 from .config import EngineConfig
 from .errors import ConfigError, ModelError
-from .export import check_model, parse_metadata
+from .export import check_model, clip_model_path, parse_metadata
 from .graph import build_graph
 
 if TYPE_CHECKING:
@@ -226,12 +226,6 @@ def create_clip_runner(backend: str, config: EngineConfig, model: str | os.PathL
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(config, path, clip=clip, dense=True)
     return TensorRTRunner(config, path, clip=clip, dense=True)
-
-
-def clip_model_path(model: str | os.PathLike[str]) -> Path:
-    """``models/<name>.onnx`` -> ``models/<name>_clip.onnx`` (``.engine`` likewise)."""
-    path = Path(model)
-    return path.with_name(f"{path.stem}_clip{path.suffix}")
 
 
 def _io_names(meta: dict[str, Any]) -> tuple[list[str], list[str]]:

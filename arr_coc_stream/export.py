@@ -148,14 +148,20 @@ def export_onnx(config: EngineConfig | None, path: str | os.PathLike[str], expor
     if clip is not None:
         dense = trace_clip_onnx(config, export.batch_max, clip)
         result.clip_metadata = build_clip_metadata(config, export, dense, clip, precision="fp32")
-        result.clip_path = path.with_name(f"{path.stem}_clip.onnx")
+        result.clip_path = clip_model_path(path)
         result.clip_tensorrt = _write_checked(dense, result.clip_path, result.clip_metadata)
         if export.fp16:
-            _write_fp16(dense, result.fp16_path.with_name(f"{result.fp16_path.stem}_clip.onnx"),  # type: ignore[union-attr]
-                        result.clip_metadata)
+            _write_fp16(dense, clip_model_path(result.fp16_path), result.clip_metadata)  # type: ignore[arg-type]
         onnx.checker.check_model(os.fspath(result.clip_path), full_check=True)
     onnx.checker.check_model(os.fspath(path), full_check=True)
     return result
+
+
+def clip_model_path(model: str | os.PathLike[str]) -> Path:
+    """The dense-CLIP keyframe graph beside a per-frame model: ``models/<name>.onnx`` ->
+    ``models/<name>_clip.onnx`` (``.engine`` likewise, ``<name>_fp16.onnx`` -> ``<name>_fp16_clip.onnx``)."""
+    path = Path(model)
+    return path.with_name(f"{path.stem}_clip{path.suffix}")
 
 
 def _write_checked(model: onnx.ModelProto, path: Path, metadata: dict[str, Any]) -> CompatReport:

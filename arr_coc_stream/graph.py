@@ -125,8 +125,7 @@ class FrameGraph(nn.Module):
         self.flow_radius_cells = config.flow_radius * realizing.FLOW_DOWNSCALE / config.cell_px
         self.texture = Texture(config.grid, config.cell_px, config.clusters, self.flow_radius_cells,
                                None if clip is None else clip.basis)
-        self.knowing = Knowing(p["saliency_memory"], p["foveal_falloff"],
-                               None if clip is None else clip.neutral, 100.0 if clip is None else clip.logit_scale)
+        self.knowing = Knowing(p["saliency_memory"], p["foveal_falloff"], clip)
         self.balancing = Balancing(p["particularize"], p["query_share"], p["diversify"], config.clusters)
         self.inhibition = nn.Parameter(torch.tensor(p["inhibition"]), requires_grad=False)
         self.nms_iou = nn.Parameter(torch.tensor(p["nms_iou"]), requires_grad=False)
@@ -246,8 +245,6 @@ class ClipFrameGraph(FrameGraph):
     """
 
     def __init__(self, config: EngineConfig, clip: ClipText) -> None:
-        if clip is None:
-            raise ConfigError("the CLIP per-frame graph needs the model's ClipText constants")
         super().__init__(config, clip)
 
     def forward(self, frame: Tensor, dt: Tensor, reset: Tensor, text_emb: Tensor, clip_feat: Tensor,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .channels import idx
-from .clip import unit
+from .clip import ClipText, unit
 
 # Structure cues and their weights (sum 1): detail lives at edges, thin strokes, high frequencies, region
 # boundaries, small regions and near strong edges; flat regions compress.
@@ -128,19 +128,17 @@ class Knowing(nn.Module):
 
     Args:
         saliency_memory, foveal_falloff: see :func:`perspectival`.
-        neutral: [M, D] neutral-prompt embeddings of a CLIP model (:class:`~arr_coc_stream.clip.ClipText`);
-            None for the attribute encoder.
-        logit_scale: that model's temperature.
+        clip: a CLIP model's constants (its neutral-prompt embeddings and temperature are used); None for the
+            attribute encoder.
     """
 
-    def __init__(self, saliency_memory: float, foveal_falloff: float, neutral: Tensor | None = None,
-                 logit_scale: float = 100.0) -> None:
+    def __init__(self, saliency_memory: float, foveal_falloff: float, clip: ClipText | None = None) -> None:
         super().__init__()
         self.saliency_memory = nn.Parameter(torch.tensor(saliency_memory), requires_grad=False)
         self.foveal_falloff = nn.Parameter(torch.tensor(foveal_falloff), requires_grad=False)
-        if neutral is not None:
-            self.register_buffer("neutral", neutral.detach().float().clone(), persistent=False)
-            self.register_buffer("logit_scale", torch.tensor(float(logit_scale)), persistent=False)
+        if clip is not None:
+            self.register_buffer("neutral", clip.neutral.detach().float().clone(), persistent=False)
+            self.register_buffer("logit_scale", torch.tensor(float(clip.logit_scale)), persistent=False)
 
     def forward(self, tex: Tensor, query: tuple[Tensor, ...], clip_feat: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from arr_coc_stream.config import EngineConfig  # noqa: E402
 from arr_coc_stream.errors import ArrCocError  # noqa: E402
-from arr_coc_stream.export import default_name  # noqa: E402
+from arr_coc_stream.export import clip_model_path, default_name  # noqa: E402
 from arr_coc_stream.trt_build import DEFAULT_WORKSPACE_MIB, TIMING_CACHE_NAME, BuildConfig, build_engine  # noqa: E402
 
 
@@ -44,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     builds = [BuildConfig(onnx=args.onnx, output=args.output, workspace_mib=args.workspace_mib,
                           timing_cache=args.timing_cache, int8=args.int8)]
-    clip_onnx = args.onnx.with_name(f"{args.onnx.stem}_clip.onnx")
+    clip_onnx = clip_model_path(args.onnx)
     if clip_onnx.is_file():
-        engine = builds[0].engine_path
-        builds.append(BuildConfig(onnx=clip_onnx, output=engine.with_name(f"{engine.stem}_clip.engine"),
+        builds.append(BuildConfig(onnx=clip_onnx, output=clip_model_path(builds[0].engine_path),
                                   workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, int8=args.int8))
     for build in builds:
         try:
