@@ -10,8 +10,7 @@ explicit temporal state.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .api import run, stream
 from .channels import CHANNELS
 from .config import EngineConfig

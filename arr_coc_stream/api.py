@@ -6,7 +6,6 @@ import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from .config import EngineConfig
 from .engine import Engine
 from .result import FrameResult
 from .sinks import JsonlSink, Sink
@@ -25,7 +24,7 @@ def stream(source: SourceLike, query: str | None = None, *, jsonl: str | os.Path
 
     Args:
         source: a video file path, a camera index or ``/dev/`` path, an ``rtsp://`` / ``http(s)://`` /
-            ``tcp://`` URL (live sources: :mod:`arr_coc_stream.live`), a :class:`Source`, or an iterable of
+            ``tcp://`` URL (live sources: :mod:`arr_coc_stream.sources`), a :class:`Source`, or an iterable of
             HxWx3 uint8 RGB frames.
         query: the text query; None for query-free relevance.
         jsonl: write every result to this JSONL file, flushed per frame.
@@ -38,7 +37,8 @@ def stream(source: SourceLike, query: str | None = None, *, jsonl: str | os.Path
         max_frames: stop after this many frames.
         progress: show a progress bar (tqdm) on stderr.
         backend: ``"torch"`` (default), ``"onnxruntime"`` or ``"tensorrt"`` (see :class:`Engine`).
-        model: the exported ``.onnx`` / built ``.engine`` file for the onnxruntime / tensorrt backends.
+        model: the exported ``.onnx`` / built ``.engine`` file for the onnxruntime / tensorrt backends. It
+            defines the configuration: an option here that contradicts it raises :class:`ConfigError`.
         **options: :class:`EngineConfig` fields (``grid``, ``k``, ``cell_px``, ``device``...).
 
     Example:
@@ -48,8 +48,8 @@ def stream(source: SourceLike, query: str | None = None, *, jsonl: str | os.Path
         >>> [r.index for r in arr_coc_stream.stream(clip.frames, query="red", k=64)]
         [0, 1, 2, 3, 4]
     """
-    config = EngineConfig.from_options(**options)
-    engine = Engine(config, query=query, backend=backend, model=model)
+    engine = Engine(query=query, backend=backend, model=model, **options)
+    config = engine.config
     callbacks = list(callbacks)
     src = open_source(source, size=engine.input_size if config.input_mode == "work" else None,
                       keep_full=overlay is not None)

@@ -9,8 +9,15 @@ fixed counts, so the graph is static and TensorRT-safe (TopK, Gather, ScatterEle
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .channels import idx
+
+if TYPE_CHECKING:
+    from .config import EngineConfig
 
 MIN_SIDE, MAX_SIDE = 8, 20  # budget sides in tokens: 64..400 tokens
 LOD_THRESHOLDS = (300, 200, 100)  # budget >= 300 -> lod 0, >= 200 -> 1, >= 100 -> 2, else 3
@@ -124,3 +131,46 @@ def update_fixation(fixation: Tensor, indices: Tensor, valid: Tensor, dt: Tensor
     selected = torch.zeros_like(fixation).scatter(1, indices, valid.to(fixation.dtype))
     d = torch.exp(-dt / tau_s)[:, None]
     return d * fixation + (1.0 - d) * selected
+
+
+def attend(relevance: Tensor, tex: Tensor, dt: Tensor, grid: tuple[int, int], k: int, explore_k: int, floor: float,
+           crop_cells: int, max_foveal: int, max_total: int, kappa: float, inhibition: Tensor,
+           nms_iou: Tensor, tau_fixation_s: float) -> dict[str, Tensor]:
+    """The whole stage: selection, crop windows, foveal budgets and the next fixation history.
+
+    Reads channel fixation (the warped history, zero where it has none).
+
+    Args:
+        relevance: [B, gh, gw] in [0, 1]. tex: [B, C, gh, gw] texture. dt: [B] seconds. The rest: see
+            :func:`select`, :func:`crop_windows`, :func:`foveal_budgets` and :func:`update_fixation`.
+
+    Returns:
+        indices [B, K] int64, scores [B, K], valid [B, K] bool, boxes [B, K, 4] int32 windows in cells,
+        budgets [B, K] int32, lod [B, K] int32, fixation [B, gh, gw] in [0, 1].
+    """
+    bsz = relevance.shape[0]
+    gh, gw = grid
+    rel_flat = relevance.reshape(bsz, gh * gw)
+    fix_flat = tex[:, idx("fixation")].reshape(bsz, gh * gw)
+    indices, scores, selected = select(rel_flat, fix_flat, k, explore_k, floor, inhibition)
+    boxes = crop_windows(indices, grid, crop_cells)
+    budgets, lod = foveal_budgets(scores, selected, boxes, max_foveal, max_total, kappa, nms_iou)
+    fixation = update_fixation(fix_flat, indices, selected, dt, tau_fixation_s)
+    return {"indices": indices, "scores": scores, "valid": selected, "boxes": boxes.to(torch.int32),
+            "budgets": budgets, "lod": lod, "fixation": fixation.reshape(bsz, gh, gw)}
+
+
+class Attending(nn.Module):
+    """Module twin of :func:`attend`: the configuration's counts and its two parameters (frozen, fittable)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__()
+        p = config.params
+        self.inhibition = nn.Parameter(torch.tensor(p["inhibition"]), requires_grad=False)
+        self.nms_iou = nn.Parameter(torch.tensor(p["nms_iou"]), requires_grad=False)
+        self.config = config
+
+    def forward(self, relevance: Tensor, tex: Tensor, dt: Tensor) -> dict[str, Tensor]:
+        c = self.config
+        return attend(relevance, tex, dt, c.grid, c.k, c.explore_k, c.relevance_floor, c.crop_cells, c.max_foveal,
+                      c.max_total_budget, c.kappa, self.inhibition, self.nms_iou, c.tau_fixation_s)

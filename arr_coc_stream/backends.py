@@ -1,18 +1,14 @@
-"""Backends that run the per-frame graph: PyTorch, onnxruntime and TensorRT (DESIGN.md sections 2 and 8).
+"""Backends that run a graph: PyTorch, onnxruntime and TensorRT (DESIGN.md sections 2 and 8).
 
-Every backend is a callable ``runner(inputs, timings) -> outputs``: ``inputs`` are the graph's tensors in
-:func:`~arr_coc_stream.graph.input_names` order, ``outputs`` the tensors in
-:func:`~arr_coc_stream.graph.output_names` order, whatever runs them, so :class:`~arr_coc_stream.engine.Engine`
-has one code path. The torch runner records per-stage timings; the others run the graph as one stage
+Every runner is a callable ``runner(inputs, timings) -> outputs`` over named tensors: ``inputs`` by the names of
+its :class:`~arr_coc_stream.spec.GraphSpec` (states under their ``_in`` names), ``outputs`` a dict by output name,
+whatever runs them, so :class:`~arr_coc_stream.engine.Engine` has one code path for the per-frame graph and for a
+query head's companion graphs. The torch runner records per-stage timings; the others time the graph as one stage
 (``"graph (onnxruntime)"``, ``"graph (tensorrt)"``).
 
-With the CLIP query encoder a second runner of the same backend runs the dense-CLIP keyframe graph
-(``image [B, H, W, 3] uint8 -> clip_feat [B, D, gh, gw]``): :class:`~arr_coc_stream.clip.DenseClip` in torch, or
-the ``<name>_clip.onnx`` / ``<name>_clip.engine`` file beside the per-frame model (:func:`clip_model_path`).
-
-A model file must match the engine's configuration: its metadata (ONNX ``metadata_props``, or the JSON beside a
-TensorRT engine) is compared field by field, and a CLIP graph's basis against the loaded CLIP model's; a mismatch
-is refused with :class:`ModelError`. onnxruntime and TensorRT are imported only when their backend is asked for.
+A file-based runner reads the file's metadata (:mod:`arr_coc_stream.model_file`) and takes its spec from it; the
+engine checks that metadata against its configuration and query head. onnxruntime and TensorRT are imported only
+when their backend is asked for.
 """
 
 from __future__ import annotations
@@ -21,71 +17,72 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .config import EngineConfig
-from .errors import ConfigError, ModelError
-from .export import check_model, clip_model_path, parse_metadata
-from .graph import build_graph
-
-if TYPE_CHECKING:
-    from .clip import ClipModel
+from .errors import ArrCocError, ConfigError, ModelError
+from .model_file import ModelFile, engine_json_path
+from .spec import GraphSpec
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # onnxruntime execution providers in order of preference; the CPU provider is always the fallback
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+SUPPORTED_TENSORRT = (10, 11)  # major versions
 
 log = logging.getLogger("arr_coc_stream")
 Timings = dict[str, float] | None
+Tensors = Mapping[str, torch.Tensor]
+
+
+class TensorRTUnavailable(ArrCocError, RuntimeError):
+    """TensorRT (or a CUDA GPU) is not available on this machine."""
 
 
 class TorchRunner:
-    """The per-frame graph in eager PyTorch, with per-stage timings."""
+    """A graph module in eager PyTorch.
+
+    Args:
+        module: called with the spec's inputs in order; returns its outputs in order (or the one output).
+        spec: the module's inputs and outputs.
+        device: where the module lives; inputs are moved there.
+        timed: the module takes a ``timings`` dict and records per-stage milliseconds in it.
+    """
 
     name = "torch"
 
-    def __init__(self, config: EngineConfig, device: torch.device, clip: ClipModel | None = None) -> None:
-        self.graph = build_graph(config, None if clip is None else clip.text).to(device).eval()
-        self.device = device
+    def __init__(self, module: nn.Module, spec: GraphSpec, device: torch.device, *, timed: bool = False) -> None:
+        self.module = module.to(device).eval()
+        self.spec, self.device, self.timed = spec, device, timed
         self.description = f"torch {torch.__version__} on {device}"
 
-    def __call__(self, inputs: tuple[torch.Tensor, ...], timings: Timings = None) -> tuple[torch.Tensor, ...]:
-        return self.graph(*inputs, timings=timings)
-
-
-class TorchClipRunner:
-    """The dense-CLIP keyframe graph in eager PyTorch."""
-
-    name = "torch"
-
-    def __init__(self, config: EngineConfig, device: torch.device, clip: ClipModel) -> None:
-        self.graph = clip.dense(config.grid, config.clip_size).to(device).eval()
-        self.description = f"torch {torch.__version__} on {device}, {clip.name}"
-
-    def __call__(self, inputs: tuple[torch.Tensor, ...], timings: Timings = None) -> tuple[torch.Tensor, ...]:
-        return (self.graph(*inputs),)
+    def __call__(self, inputs: Tensors, timings: Timings = None) -> dict[str, torch.Tensor]:
+        args = [t.to(self.device) for t in self.spec.ordered(inputs)]
+        out = self.module(*args, timings=timings) if self.timed else self.module(*args)
+        return self.spec.named(out if isinstance(out, tuple) else (out,))
 
 
 class OnnxRuntimeRunner:
     """An exported ``.onnx`` file in onnxruntime, on the best execution provider it offers.
 
     Args:
-        config: the engine configuration the model must have been exported for.
-        model: path of the ``.onnx`` file: a per-frame graph, or a dense-CLIP graph (``<name>_clip.onnx``).
-        clip: the CLIP model of a CLIP configuration; the file's basis must be this model's.
-        dense: the file is the dense-CLIP keyframe graph.
+        model: the ``.onnx`` file (a per-frame graph or a head's companion graph).
         providers: execution providers to try, in order (default: TensorRT, CUDA, then CPU, as available).
         threads: intra-op threads (default: onnxruntime's choice, one per physical core).
+
+    Attributes:
+        model: the file's metadata. spec: its inputs, states and outputs (from the metadata).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, config: EngineConfig, model: str | os.PathLike[str], *, clip: ClipModel | None = None,
-                 dense: bool = False, providers: tuple[str, ...] | None = None, threads: int | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str], *, providers: tuple[str, ...] | None = None,
+                 threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -93,8 +90,7 @@ class OnnxRuntimeRunner:
                               "(or onnxruntime-gpu)") from exc
         path = _model_path(model, ".onnx")
         available = ort.get_available_providers()
-        wanted = providers or ORT_PROVIDERS
-        chosen = [p for p in wanted if p in available]
+        chosen = [p for p in providers or ORT_PROVIDERS if p in available]
         if "CPUExecutionProvider" not in chosen:
             chosen.append("CPUExecutionProvider")
         options = ort.SessionOptions()
@@ -108,25 +104,25 @@ class OnnxRuntimeRunner:
             self.session = ort.InferenceSession(os.fspath(path), options, providers=chosen)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
-        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        check_model(self.metadata, config, path, clip, dense)
-        self.batch_max = int(self.metadata["batch_max"])
+        self.model = ModelFile.from_props(self.session.get_modelmeta().custom_metadata_map, path)
+        self.spec = self.model.spec
+        have = ({i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()})
+        if have != (set(self.spec.input_names), set(self.spec.output_names)):
+            raise ModelError(f"{path}: its graph's inputs and outputs are not the ones its metadata names; "
+                             "re-export it with this version")
         self.provider = self.session.get_providers()[0]
-        self._inputs, self._outputs = _io_names(self.metadata)
-        missing = sorted(set(self._inputs) - {i.name for i in self.session.get_inputs()})
-        if missing:
-            raise ModelError(f"{path} lacks the graph inputs {missing}; re-export it with this version")
         self.description = f"onnxruntime {ort.__version__} ({self.provider}), {path.name}"
         log.info("onnxruntime backend: %s (available providers: %s)", self.provider, ", ".join(available))
 
-    def __call__(self, inputs: tuple[torch.Tensor, ...], timings: Timings = None) -> tuple[torch.Tensor, ...]:
-        _check_batch(inputs[0].shape[0], self.batch_max)
+    def __call__(self, inputs: Tensors, timings: Timings = None) -> dict[str, torch.Tensor]:
+        ordered = self.spec.ordered(inputs, str(self.model.path))
+        _check_batch(ordered[0].shape[0], self.model)
         start = time.perf_counter()
-        feed = {name: t.detach().cpu().numpy() for name, t in zip(self._inputs, inputs)}
-        out = self.session.run(self._outputs, feed)
+        feed = {name: t.detach().cpu().numpy() for name, t in zip(self.spec.input_names, ordered)}
+        out = self.session.run(list(self.spec.output_names), feed)
         if timings is not None:
             timings["graph (onnxruntime)"] = 1000.0 * (time.perf_counter() - start)
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in out)
+        return self.spec.named([torch.from_numpy(np.ascontiguousarray(a)) for a in out])
 
 
 class TensorRTRunner:
@@ -138,10 +134,7 @@ class TensorRTRunner:
 
     name = "tensorrt"
 
-    def __init__(self, config: EngineConfig, model: str | os.PathLike[str], *, clip: ClipModel | None = None,
-                 dense: bool = False) -> None:
-        from .trt_build import engine_json_path, import_tensorrt
-
+    def __init__(self, model: str | os.PathLike[str]) -> None:
         trt = import_tensorrt()
         path = _model_path(model, ".engine")
         info_path = engine_json_path(path)
@@ -156,9 +149,8 @@ class TensorRTRunner:
         if built.get("compute_capability") != capability:
             raise ModelError(f"{path} was built for a GPU of compute capability {built.get('compute_capability')} "
                              f"({built.get('gpu')}), this GPU is {capability}: rebuild it on this machine")
-        self.metadata = info["model"]
-        check_model(self.metadata, config, path, clip, dense)
-        self.batch_max = int(self.metadata["batch_max"])
+        self.model = ModelFile.from_metadata(info["model"], path)
+        self.spec = self.model.spec
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -166,22 +158,22 @@ class TensorRTRunner:
         if self.engine is None:
             raise ModelError(f"TensorRT could not deserialize {path}")
         self.context = self.engine.create_execution_context()
-        self._inputs, self._outputs = _io_names(self.metadata)
         self.description = f"TensorRT {trt.__version__} on {built.get('gpu')}, {path.name}"
 
-    def __call__(self, inputs: tuple[torch.Tensor, ...], timings: Timings = None) -> tuple[torch.Tensor, ...]:
+    def __call__(self, inputs: Tensors, timings: Timings = None) -> dict[str, torch.Tensor]:
         trt = self._trt
-        _check_batch(inputs[0].shape[0], self.batch_max)
+        ordered = self.spec.ordered(inputs, str(self.model.path))
+        _check_batch(ordered[0].shape[0], self.model)
         start = time.perf_counter()
         stream = torch.cuda.current_stream()
         keep = []
-        for name, t in zip(self._inputs, inputs):
+        for name, t in zip(self.spec.input_names, ordered):
             t = t.to("cuda").contiguous()
             keep.append(t)
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
         outputs = []
-        for name in self._outputs:
+        for name in self.spec.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             out = torch.empty(shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device="cuda")
             self.context.set_tensor_address(name, out.data_ptr())
@@ -191,45 +183,40 @@ class TensorRTRunner:
         stream.synchronize()
         if timings is not None:
             timings["graph (tensorrt)"] = 1000.0 * (time.perf_counter() - start)
-        return tuple(outputs)
+        return self.spec.named(outputs)
 
 
-def create_runner(backend: str, config: EngineConfig, model: str | os.PathLike[str] | None,
-                  device: torch.device, clip: ClipModel | None = None) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """The per-frame graph's runner for ``backend`` (one of :data:`BACKENDS`); ``model`` is required except for
-    torch; ``clip`` is the loaded CLIP model of a CLIP configuration."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    if backend == "torch":
-        if model is not None:
-            raise ConfigError("backend 'torch' takes no model file; use backend='onnxruntime' or 'tensorrt'")
-        return TorchRunner(config, device, clip)
-    if model is None:
-        raise ConfigError(f"backend {backend!r} needs a model file (model='models/<name>.onnx' or '.engine'); "
-                          "make one with export/export_onnx.py")
+def open_model(backend: str, model: str | os.PathLike[str]) -> OnnxRuntimeRunner | TensorRTRunner:
+    """A runner for an exported file: ``.onnx`` with ``"onnxruntime"``, a built ``.engine`` with ``"tensorrt"``."""
     if backend == "onnxruntime":
-        return OnnxRuntimeRunner(config, model, clip=clip)
-    return TensorRTRunner(config, model, clip=clip)
+        return OnnxRuntimeRunner(model)
+    if backend == "tensorrt":
+        return TensorRTRunner(model)
+    raise ConfigError(f"backend {backend!r} runs no model file; file backends: onnxruntime, tensorrt")
 
 
-def create_clip_runner(backend: str, config: EngineConfig, model: str | os.PathLike[str] | None,
-                       device: torch.device, clip: ClipModel) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """The dense-CLIP keyframe graph's runner, same backend as the per-frame graph: for onnxruntime and tensorrt
-    the ``<name>_clip`` file beside the per-frame ``model`` (:func:`clip_model_path`)."""
-    if backend == "torch":
-        return TorchClipRunner(config, device, clip)
-    path = clip_model_path(model)  # type: ignore[arg-type]
-    if not path.is_file():
-        raise ModelError(f"the dense-CLIP graph {path} does not exist beside {model}; export both with "
-                         f"export/export_onnx.py --clip-model {clip.name}"
-                         + (" and build both with export/build_trt.py" if backend == "tensorrt" else ""))
-    if backend == "onnxruntime":
-        return OnnxRuntimeRunner(config, path, clip=clip, dense=True)
-    return TensorRTRunner(config, path, clip=clip, dense=True)
+def import_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module, or a clear :class:`TensorRTUnavailable`.
+
+    The type stubs (``tensorrt-stubs``) install a ``tensorrt`` folder without the library, which imports as an
+    empty namespace package: that counts as missing.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed. Install it on a machine with an NVIDIA GPU "
+            "(pip install tensorrt, or NVIDIA's packages for your CUDA version), then run this again") from exc
+    if not hasattr(trt, "Builder"):
+        raise TensorRTUnavailable("the 'tensorrt' module here has no Builder (only type stubs are installed); "
+                                  "install TensorRT itself on a machine with an NVIDIA GPU")
+    if tensorrt_major(trt) not in SUPPORTED_TENSORRT:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is not supported; use 10.x or 11.x")
+    return trt
 
 
-def _io_names(meta: dict[str, Any]) -> tuple[list[str], list[str]]:
-    return [i["name"] for i in meta["inputs"]], [o["name"] for o in meta["outputs"]]
+def tensorrt_major(trt: ModuleType) -> int:
+    return int(str(trt.__version__).split(".")[0])
 
 
 def gpu_capability() -> tuple[int, int]:
@@ -254,7 +241,7 @@ def _model_path(model: str | os.PathLike[str], suffix: str) -> Path:
     return path
 
 
-def _check_batch(batch: int, batch_max: int) -> None:
-    if batch > batch_max:
-        raise ModelError(f"batch of {batch} streams exceeds the model's batch_max {batch_max}; "
+def _check_batch(batch: int, model: ModelFile) -> None:
+    if batch > model.batch_max:
+        raise ModelError(f"batch of {batch} streams exceeds {model.path.name}'s batch_max {model.batch_max}; "
                          "re-export it with --batch-max")

@@ -47,7 +47,7 @@ def cluster_onehot(tex: Tensor, clusters: int) -> Tensor:
     """Recover the one-hot cluster assignment from the cluster_id channel.
 
     Args:
-        tex: [B, 40, gh, gw]. clusters: k.
+        tex: [B, C, gh, gw]. clusters: k.
 
     Returns:
         [B, N, k] float.
@@ -67,6 +67,6 @@ class Balancing(nn.Module):
         self.clusters = clusters
 
     def forward(self, tex: Tensor, p: Tensor, s: Tensor, q: Tensor, query_on: Tensor) -> Tensor:
-        """[B, 40, gh, gw] and three [B, gh, gw] maps, [B] -> [B, gh, gw]."""
+        """[B, C, gh, gw] and three [B, gh, gw] maps, [B] -> [B, gh, gw]."""
         return balance(p, s, q, query_on, cluster_onehot(tex, self.clusters),
                        self.particularize, self.query_share, self.diversify)

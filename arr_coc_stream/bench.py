@@ -24,7 +24,7 @@ import torch
 from .api import stream
 from .config import EngineConfig
 from .engine import Engine
-from .errors import ModelError
+from .errors import ArrCocError
 from .sources import probe_decode_fps
 
 BIKES_CUTS = (30, 76, 137, 187, 242)
@@ -124,7 +124,7 @@ def backends_table(source: str | Path, frames: int | None, options: dict[str, An
     """Per-frame latency of each backend side by side, measured one after the other in this run.
 
     The onnxruntime backend uses ``model`` or, when not given, the default export in ``models/`` if it matches
-    the options, else a fresh export in a temporary folder (about 40 s).
+    the options, else a fresh export in a temporary folder (about 20 s).
 
     Returns:
         header and rows for :func:`print_table`: end-to-end and graph milliseconds per frame, then each stage.
@@ -177,9 +177,9 @@ def _model_for(config: EngineConfig, tmp: Path) -> Path:
         try:
             Engine(config, backend="onnxruntime", model=default)
             return default
-        except ModelError:
+        except ArrCocError:  # exported for another configuration, or by another version
             pass
-    print(f"exporting the graph for onnxruntime to {tmp} (about 40 s)...")
+    print(f"exporting the graph for onnxruntime to {tmp} (about 20 s)...")
     return export_onnx(config, tmp / f"{default_name(config)}.onnx").path
 
 
@@ -196,7 +196,8 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
     Returns:
         header and rows for :func:`print_table`, the first row the same clip without CLIP, measured in this run.
     """
-    from .clip import load_clip, save_random_clip
+    from .query.clip import ClipHead
+    from .query.clip_model import load_clip, save_random_clip
     from .sources import open_source
 
     options = {k: v for k, v in options.items() if k not in ("query_encoder", "clip_model")}
@@ -207,7 +208,7 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
         clip = load_clip(clip_model)
         with open_source(source) as src:
             fps = src.info.fps or 25.0
-        runs: list[tuple[str, dict[str, Any]]] = [("no CLIP (attributes encoder)", {})]
+        runs: list[tuple[str, dict[str, Any]]] = [("no CLIP (attributes head)", {})]
         for n in intervals:
             # a hair under n frames: float time steps must not push a keyframe one frame late
             runs.append((f"CLIP, keyframe every {n} frame{'s' if n > 1 else ''}",
@@ -217,7 +218,7 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
         base_fps = None
         for label, extra in runs:
             config = EngineConfig.from_options(**options, **extra)
-            engine = Engine(config, query="a person", clip=clip) if config.uses_clip else Engine(config)
+            engine = Engine(config, query="a person", head=ClipHead(config, clip)) if extra else Engine(config)
             size = engine.input_size if config.input_mode == "work" else None
             with open_source(source, size=size) as src:
                 frames_iter = iter(src)

@@ -1,7 +1,19 @@
-"""The 40-channel texture registry (DESIGN.md section 4).
+"""The texture channel registry (DESIGN.md section 4).
 
 Code addresses channels by name through :data:`CHANNELS`; no other file hard-codes an index. Each channel
-declares its value range (fixed scales, never per-frame min-max) and the stages that read it.
+declares its value range (fixed scales, never per-frame min-max) and the stages that read it from the texture
+array. The readers are checked by ``tests/test_graph.py``, which perturbs each channel and watches which stage
+outputs move:
+
+- ``propositional``, ``perspectival``: the knowing stage's query-free scorers;
+- ``participatory``: the query head's scorer (the attributes head reads the channels its words weigh);
+- ``clustering``: the k-means that writes the cluster channels (colour, and clip_* when the head supplies them);
+- ``balancing``: the focus/diversify bonus per cluster;
+- ``realizing.post``: the blend with the cached relevance and the motion boost;
+- ``attending``: the explore slots' inhibition of return.
+
+The coarse flow is not a channel: realizing.pre computes it before the texture and uses it to warp the caches,
+and no stage after the texture reads it.
 """
 
 from __future__ import annotations
@@ -22,29 +34,30 @@ class Channel:
 
 
 _SPECS: list[tuple[str, float, float, tuple[str, ...], str]] = [
-    ("r", 0, 1, ("participatory", "overlay"), "cell mean red"),
-    ("g", 0, 1, ("participatory", "overlay"), "cell mean green"),
-    ("b", 0, 1, ("participatory", "overlay"), "cell mean blue"),
-    ("edge", 0, 1, ("propositional", "cut"), "Sobel magnitude of luminance, cell mean, tanh scale"),
-    ("stroke", 0, 1, ("propositional", "text"), "thin-structure response: max(top-hat, black-hat) / local contrast"),
+    ("r", 0, 1, ("participatory", "clustering"), "cell mean red"),
+    ("g", 0, 1, ("participatory", "clustering"), "cell mean green"),
+    ("b", 0, 1, ("participatory", "clustering"), "cell mean blue"),
+    ("edge", 0, 1, ("propositional",), "Sobel magnitude of luminance, cell mean, tanh scale (edge_distance grows "
+                                       "from it)"),
+    ("stroke", 0, 1, ("propositional", "participatory"),
+     "thin-structure response: max(top-hat, black-hat) / local contrast (text grows from it)"),
     ("highpass", 0, 1, ("propositional",), "|Laplacian| of luminance, cell mean, tanh scale"),
     ("flatness", 0, 1, ("propositional",), "1 - normalised local std of luminance"),
-    ("motion", 0, 1, ("perspectival", "boost"), "|I_t - I_(t-1)| of luminance, cell mean; 0 on a fresh state"),
+    ("motion", 0, 1, ("perspectival", "participatory", "realizing.post"),
+     "|I_t - I_(t-1)| of luminance, cell mean; 0 on a fresh state"),
     ("saliency", 0, 1, ("perspectival",), "centre-surround contrast on the work-resolution pyramid"),
     ("pos_x", 0, 1, ("participatory",), "cell centre x / width"),
     ("pos_y", 0, 1, ("participatory",), "cell centre y / height"),
-    ("eccentricity", 0, 1, ("perspectival",), "distance from the image centre / 0.7071"),
-    ("cluster_id", 0, 1, ("attending",), "k-means cluster id / (clusters - 1); not stable across frames"),
+    ("eccentricity", 0, 1, ("perspectival", "participatory"), "distance from the image centre / 0.7071"),
+    ("cluster_id", 0, 1, ("balancing",), "k-means cluster id / (clusters - 1); not stable across frames"),
     ("cluster_dist", 0, 1, ("propositional",), "distance to the cluster's spatial centroid / grid diagonal"),
     ("cluster_size", 0, 1, ("propositional",), "cells in the cell's cluster / cells"),
-    ("prev_relevance", 0, 1, ("realizing",), "cached unboosted relevance warped to this frame"),
+    ("prev_relevance", 0, 1, ("realizing.post",), "cached unboosted relevance warped to this frame"),
     ("prev_saliency", 0, 1, ("perspectival",), "previous saliency warped to this frame"),
     ("fixation", 0, 1, ("attending",), "EMA of past selections, warped"),
     *[(f"clip_{i}", -1, 1, ("clustering",), f"dense CLIP feature on basis direction {i}; zeros without CLIP")
       for i in range(16)],
     ("edge_distance", 0, 1, ("propositional",), "distance to the nearest strong-edge cell / grid diagonal"),
-    ("flow_x", -1, 1, ("realizing", "perspectival"), "coarse motion in cells per frame / search radius"),
-    ("flow_y", -1, 1, ("realizing", "perspectival"), "coarse motion in cells per frame / search radius"),
     ("lab_a", 0, 1, ("participatory",), "a* of the cell mean colour, (a + 128) / 255"),
     ("lab_b", 0, 1, ("participatory",), "b* of the cell mean colour, (b + 128) / 255"),
     ("text", 0, 1, ("participatory",), "stroke density with mixed edge orientations"),
@@ -56,6 +69,8 @@ CHANNELS: dict[str, Channel] = {
 }
 NUM_CHANNELS = len(CHANNELS)
 CLIP_CHANNELS = tuple(f"clip_{i}" for i in range(16))
+READERS = ("propositional", "perspectival", "participatory", "clustering", "balancing", "realizing.post",
+           "attending")
 
 
 def idx(name: str) -> int:

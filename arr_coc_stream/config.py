@@ -1,21 +1,28 @@
 """Engine configuration: one frozen dataclass, validated once, serialised into every artifact.
 
-Defaults live here and only here (DESIGN.md section 13). CLI options and ``run(**options)`` resolve onto it
-through :meth:`EngineConfig.from_options`.
+Defaults live here and only here (DESIGN.md section 14). ``run(**options)`` and the CLI resolve onto it through
+:meth:`EngineConfig.from_options`; the CLI derives its options from the fields and the ``Attributes`` docs below
+(:func:`field_docs`). Every field but :data:`RUNTIME_FIELDS` shapes the exported graph, so a model file carries
+them and a runtime refuses an option that contradicts them (:mod:`arr_coc_stream.model_file`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import query
 from .errors import ConfigError
 
 INPUT_MODES = ("work", "full")
-QUERY_ENCODERS = ("attributes", "clip")
+# Fields that do not change an exported graph: a model file serves any value of them. The CLIP model's path
+# differs between machines: its graphs are checked against the loaded model's constants instead.
+RUNTIME_FIELDS = ("device", "gap_limit_s", "clip_model", "clip_interval_s", "clip_motion_threshold")
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,6 @@ class EngineConfig:
         explore_share: share of ``k`` picked with inhibition of return from the fixation history, in [0, 1).
         max_total_budget: cap on the sum of foveal token budgets per frame (>= 64).
         crop_cells: side of a foveal crop window in cells.
-        patch_px: source pixels per vision token side of the downstream VLM (crop side = n * patch_px).
         max_foveal: candidates examined for a foveal budget, in score order.
         kappa: exponent of the budget curve ``64 + 336 * s ** kappa``.
         gap_limit_s: a time step longer than this resets the temporal state.
@@ -44,13 +50,15 @@ class EngineConfig:
         input_mode: ``"work"``: frames arrive resized to the work resolution (decoder or CPU area resize);
             ``"full"``: frames arrive at ``frame_size`` and the graph does the area downscale.
         frame_size: (H, W) of full frames; required with ``input_mode="full"``.
-        query_encoder: ``"attributes"`` (offline default: colour, text, motion and position words) or ``"clip"``
-            (open queries through a CLIP model, see :mod:`arr_coc_stream.clip`).
-        clip_model: with ``query_encoder="clip"``: a local folder written by ``save_pretrained`` or a hub id.
-        clip_size: short side in pixels of the dense-CLIP keyframe input (rounded to the model's patch size).
-        clip_interval_s: a dense-CLIP keyframe at least this often (besides the first frame and every cut).
-        clip_motion_threshold: a keyframe when the motion accumulated since the last one (sum of the frames' mean
-            motion channel, in [0, 1] each) reaches this; None disables it.
+        query_encoder: the query head: ``"attributes"`` (offline default: colour, text, motion and position
+            words) or ``"clip"`` (open queries through a CLIP model), or a head added with
+            :func:`arr_coc_stream.query.register_head`.
+        clip_model: the clip head's CLIP model: a local folder written by ``save_pretrained`` or a hub id.
+        clip_size: short side in pixels of the clip head's dense keyframe input (rounded to the model's patch size).
+        clip_interval_s: the clip head computes a dense keyframe at least this often (besides the first frame and
+            every cut).
+        clip_motion_threshold: the clip head computes a keyframe when the motion accumulated since the last one
+            (sum of the frames' mean motion channel, in [0, 1] each) reaches this; None disables it.
         device: torch device string for the torch backend.
         params: opponent-processing constants (see :data:`DEFAULT_PARAMS`).
     """
@@ -62,7 +70,6 @@ class EngineConfig:
     explore_share: float = 0.25
     max_total_budget: int = 1024
     crop_cells: int = 4
-    patch_px: int = 28
     # A selected cell scores >= relevance_floor (0.3), so its budget is >= 121 tokens: at most 8 fit under
     # 1024. Ten candidates leave room for two suppressed by overlap; each costs a step of the greedy loop.
     max_foveal: int = 10
@@ -103,8 +110,9 @@ class EngineConfig:
         return self.grid[0] * self.cell_px, self.grid[1] * self.cell_px
 
     @property
-    def uses_clip(self) -> bool:
-        return self.query_encoder == "clip"
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the graph's frame input: the work size, or ``frame_size`` in ``full`` input mode."""
+        return self.frame_size if self.input_mode == "full" else self.work_size  # type: ignore[return-value]
 
     @property
     def cells(self) -> int:
@@ -118,13 +126,25 @@ class EngineConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def graph_fields(self) -> dict[str, Any]:
+        """The fields that shape the exported graph (every field but :data:`RUNTIME_FIELDS`), JSON-ready."""
+        return {k: v for k, v in _jsonable(self.to_dict()).items() if k not in RUNTIME_FIELDS}
+
     @classmethod
     def from_options(cls, **options: Any) -> "EngineConfig":
-        """Build a config from keyword options, naming any unknown option."""
+        """Build a config from keyword options, naming any unknown option.
+
+        Without ``query_encoder``, options that only one query head uses choose that head (``clip_model=...``
+        alone means ``query_encoder="clip"``).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}; valid options: {sorted(names)}")
+        if "query_encoder" not in options:
+            wanted = {h.name for h in query.HEADS.values() if any(options.get(f) is not None for f in h.requires)}
+            if len(wanted) == 1:
+                options = {**options, "query_encoder": wanted.pop()}
         return cls(**options)
 
     def _validate(self) -> None:
@@ -137,7 +157,6 @@ class EngineConfig:
         _check(0.0 <= self.explore_share < 1.0, f"explore_share must be in [0, 1), got {self.explore_share}")
         _check(self.max_total_budget >= 64, f"max_total_budget must be >= 64, got {self.max_total_budget}")
         _check(1 <= self.crop_cells <= min(self.grid), f"crop_cells must be in [1, {min(self.grid)}], got {self.crop_cells}")
-        _check(self.patch_px >= 1, f"patch_px must be >= 1, got {self.patch_px}")
         _check(1 <= self.max_foveal <= self.k, f"max_foveal must be in [1, k={self.k}], got {self.max_foveal}")
         _check(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
         for name in ("gap_limit_s", "tau_relevance_s", "tau_fixation_s"):
@@ -152,14 +171,17 @@ class EngineConfig:
             _check(self.frame_size is not None and min(self.frame_size) >= min(self.work_size),
                    f"input_mode='full' needs frame_size (H, W) at least the work size {self.work_size}, "
                    f"got {self.frame_size}")
-        _check(self.query_encoder in QUERY_ENCODERS,
-               f"unsupported query_encoder {self.query_encoder!r}; available: {QUERY_ENCODERS}")
-        if self.query_encoder == "clip":
-            _check(isinstance(self.clip_model, str) and bool(self.clip_model),
-                   "query_encoder='clip' needs clip_model: a local CLIP folder or a hub id")
-        else:
-            _check(self.clip_model is None, f"clip_model is used only with query_encoder='clip', got query_encoder="
-                                            f"{self.query_encoder!r} and clip_model={self.clip_model!r}")
+        _check(isinstance(self.query_encoder, str) and self.query_encoder in query.HEADS,
+               f"unsupported query_encoder {self.query_encoder!r}; available: {sorted(query.HEADS)}")
+        head = query.HEADS[self.query_encoder]
+        for name, what in head.requires.items():
+            value = getattr(self, name)
+            _check(value not in (None, ""), f"query_encoder={head.name!r} needs {name}: {what}")
+        for other in query.HEADS.values():
+            for name in set(other.requires) - set(head.requires):
+                _check(getattr(self, name) is None, f"{name} is used only with query_encoder={other.name!r}, got "
+                                                    f"query_encoder={self.query_encoder!r} and {name}="
+                                                    f"{getattr(self, name)!r}")
         _check(64 <= self.clip_size <= 1024, f"clip_size must be in [64, 1024], got {self.clip_size}")
         _check(self.clip_interval_s > 0, f"clip_interval_s must be > 0, got {self.clip_interval_s}")
         _check(self.clip_motion_threshold is None or self.clip_motion_threshold > 0,
@@ -196,3 +218,24 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists, as JSON reads them back, so a dict compares equal to one read from a model file."""
+    return json.loads(json.dumps(d))
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's description from the ``Attributes`` section of :class:`EngineConfig`'s docstring (one line)."""
+    docs: dict[str, str] = {}
+    lines = (EngineConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines()
+    name = None
+    for line in lines:
+        m = re.match(r"^ {8}(\w+): (.*)$", line)
+        if m:
+            name, docs[m.group(1)] = m.group(1), m.group(2).strip()
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+        elif line.strip():
+            name = None
+    return docs

@@ -2,17 +2,16 @@
 
 It holds the temporal state between frames, turns timestamps into ``dt``, decides when the state starts over
 (first frame, a time gap longer than ``gap_limit_s``, time going backwards, a change of resolution, a live
-source's reconnect, an explicit :meth:`Engine.reset`), encodes the query, resizes frames to the work resolution
-when the source did not, and turns the graph's tensors into :class:`FrameResult` objects. The graph runs in the
-backend chosen at construction (``torch``, ``onnxruntime`` or ``tensorrt``, see :mod:`arr_coc_stream.backends`);
-every backend returns the same tuple of tensors, so the rest is one code path.
+source's reconnect, an explicit :meth:`Engine.reset`), encodes the query through the query head, resizes frames to
+the graph's input size when the source did not, and turns the graph's named outputs into :class:`FrameResult`
+objects. The graph runs in the backend chosen at construction (``torch``, ``onnxruntime`` or ``tensorrt``, see
+:mod:`arr_coc_stream.backends`); every backend returns the same named tensors, so the rest is one code path.
 
-With ``query_encoder="clip"`` the engine also runs the dense-CLIP keyframe graph (DESIGN.md section 6) on the
-first frame and after every reset, every ``clip_interval_s``, and once the motion accumulated since the last
-keyframe reaches ``clip_motion_threshold``; between keyframes the graph warps the cached features. When the
-per-frame graph reports a cut, the engine runs the CLIP graph on that frame and runs the per-frame graph again
-with the same ``*_in`` (the state is explicit, so the re-run has no side effects): the first frame of a shot is
-scored with its own features. :attr:`FrameResult.keyframe` says why a frame was a keyframe.
+The query head (:mod:`arr_coc_stream.query`) supplies the graph's query inputs and its keyframe policy: before
+each frame the engine asks it for that frame's inputs (the clip head runs its dense keyframe graph there), and
+when the graph reports a cut the head may ask for the frame to run again with new inputs and the same ``*_in``
+(the state is explicit, so the re-run has no side effects). :attr:`FrameResult.keyframe` says why a frame was a
+keyframe.
 """
 
 from __future__ import annotations
@@ -25,29 +24,31 @@ import cv2
 import numpy as np
 import torch
 
-from .backends import create_clip_runner, create_runner
-from .clip import ClipModel, load_clip
+from .backends import BACKENDS, TorchRunner, open_model
 from .config import EngineConfig
-from .errors import ConfigError, SourceError
-from .graph import RESULT_NAMES, frame_shape, initial_state, output_names, state_names
-from .query import EncodedQuery, get_encoder
+from .errors import ConfigError, ModelError, SourceError
+from .graph import FrameGraph, graph_spec
+from .model_file import companion_path
+from .query import EncodedQuery, QueryHead, build_head
 from .result import FrameResult, cell_boxes, cells_to_pixels
-
-DEFAULT_FPS = 30.0  # frame rate assumed for frames given without timestamps
+from .sources.base import DEFAULT_FPS
 
 
 class Engine:
     """Runs the per-frame graph on a stream of frames, carrying its temporal state.
 
     Args:
-        config: the engine configuration (defaults when None).
+        config: the engine configuration; or give ``options`` (:class:`EngineConfig` fields). With neither:
+            the defaults, or a model file's own configuration.
         query: the text query, or None for query-free relevance.
         backend: ``"torch"`` (default, per-stage timings), ``"onnxruntime"`` or ``"tensorrt"``.
-        model: the exported ``.onnx`` file (onnxruntime) or built ``.engine`` (tensorrt); its metadata must
-            match ``config`` (:class:`ModelError` otherwise). With CLIP, the keyframe graph ``<name>_clip`` beside
-            it runs on the same backend.
-        clip: with ``query_encoder="clip"``, an already loaded :class:`~arr_coc_stream.clip.ClipModel` to share
-            between engines (default: loaded from ``config.clip_model``).
+        model: the exported ``.onnx`` file (onnxruntime) or built ``.engine`` (tensorrt). It defines the
+            configuration: ``options`` that shape the graph must agree with it (:class:`ConfigError` naming both
+            values otherwise), the others (``device``, ``gap_limit_s``...) apply. A query head's companion graphs
+            (``<name>_clip`` for the clip head) run from the files beside it.
+        head: an already built query head, to share its loaded model between engines (default: built from the
+            configuration, see :func:`arr_coc_stream.query.build_head`).
+        **options: :class:`EngineConfig` fields, instead of ``config``.
 
     Example:
         >>> import numpy as np, arr_coc_stream
@@ -59,49 +60,65 @@ class Engine:
     """
 
     def __init__(self, config: EngineConfig | None = None, *, query: str | None = None, backend: str = "torch",
-                 model: str | os.PathLike[str] | None = None, clip: ClipModel | None = None) -> None:
-        self.config = config or EngineConfig()
-        self.device = torch.device(self.config.device)
-        self.clip: ClipModel | None = None
-        if self.config.uses_clip:
-            self.clip = clip if clip is not None else load_clip(str(self.config.clip_model))
-        self.runner = create_runner(backend, self.config, model, self.device, self.clip)
+                 model: str | os.PathLike[str] | None = None, head: QueryHead | None = None,
+                 **options: Any) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+        if backend == "torch":
+            if model is not None:
+                raise ConfigError("backend 'torch' takes no model file; use backend='onnxruntime' or 'tensorrt'")
+            if config is not None and options:
+                raise ConfigError(f"give a config or options, not both (got options {sorted(options)})")
+            self.config = config or EngineConfig.from_options(**options)
+            self.device = torch.device(self.config.device)
+            self.head = head or build_head(self.config)
+            graph = FrameGraph(self.config, self.head)
+            self.runner: Any = TorchRunner(graph, graph.spec, self.device, timed=True)
+            self.companions: dict[str, Any] = {name: TorchRunner(c.module, c.spec, self.device)
+                                               for name, c in self.head.companions().items()}
+        else:
+            if model is None:
+                raise ConfigError(f"backend {backend!r} needs a model file (model='models/<name>.onnx' or "
+                                  "'.engine'); make one with arr-coc-stream export")
+            self.runner = open_model(backend, model)
+            self.config = self.runner.model.resolve(config, options)
+            self.device = torch.device(self.config.device)
+            self.head = head or build_head(self.config)
+            self.runner.model.check(graph_spec(self.config, self.head), self.head)
+            self.companions = {}
+            for name, c in self.head.companions().items():
+                runner = open_model(backend, _companion_file(model, name))
+                runner.model.check(c.spec, self.head, companion=name)
+                self.companions[name] = runner
+        self.spec = self.runner.spec
         self.backend: str = self.runner.name
-        self.graph = getattr(self.runner, "graph", None)  # the FrameGraph module for the torch backend
-        self.clip_runner = (None if self.clip is None
-                            else create_clip_runner(backend, self.config, model, self.device, self.clip))
-        self._encoder = get_encoder(self.config.query_encoder, **({} if self.clip is None else {"model": self.clip}))
-        self.query: EncodedQuery = self._encoder.encode(query)
+        self.query: EncodedQuery = self.head.encode(query)
         self._query_tensors = self._tensors_for(self.query)
-        clip_dim = None if self.clip is None else self.clip.dim
-        self._state_names = state_names(self.config)
-        self._outputs = output_names(self.config)
-        self._state: dict[str, torch.Tensor] = initial_state(self.config, 1, self.device, clip_dim)
-        if self.clip is not None:
-            self._no_features = torch.zeros((1, clip_dim, *self.config.grid), device=self.device)
-            self._clip_size = self.clip.input_size(self.config.grid, self.config.clip_size)
+        self._state = self.spec.initial_state(1, self.device)
         self._fresh = True
         self._last_time: float | None = None
         self._last_size: tuple[int, int] | None = None
         self._count = 0
-        self.keyframes = 0
 
     @property
     def frames_processed(self) -> int:
         return self._count
 
     @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The state the next frame starts from, by state name (batch 1; read-only views)."""
+        return dict(self._state)
+
+    @property
     def input_size(self) -> tuple[int, int]:
-        """(H, W) frames are best given at: the graph's input size, or with CLIP the larger keyframe input size
-        (the engine area-resizes to the work resolution itself)."""
-        size = frame_shape(self.config)
-        if self.clip is not None and self.config.input_mode == "work":
-            size = self._clip_size
-        return size
+        """(H, W) frames are best given at: the graph's input size, or the query head's larger wish in ``work``
+        input mode (the engine area-resizes to the work resolution itself)."""
+        wish = self.head.input_size()
+        return wish if wish is not None and self.config.input_mode == "work" else self.config.frame_shape
 
     def set_query(self, query: str | None) -> None:
         """Change the query; takes effect from the next frame, temporal state kept."""
-        self.query = self._encoder.encode(query)
+        self.query = self.head.encode(query)
         self._query_tensors = self._tensors_for(self.query)
 
     def reset(self) -> None:
@@ -135,24 +152,20 @@ class Engine:
         t0 = _time.perf_counter()
         x = self._to_input(frame)
         timings["resize"] = 1000.0 * (_time.perf_counter() - t0)
-        head = (x, torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
-                torch.tensor([reset], device=self.device), *self._query_tensors)
-        states = tuple(self._state[name] for name in self._state_names)
-        keyframe = None
-        if self.clip is None:
-            out = self.runner((*head, *states), timings)
-        else:
-            keyframe = self._keyframe_due(reset, max(dt, 0.0))
-            out = self.runner((*head, *self._clip_inputs(frame, keyframe, timings), *states), timings)
-            if bool(out[RESULT_NAMES.index("cut")][0]):
-                if keyframe is None:  # score the shot's first frame with its own features: same *_in, again
-                    out = self.runner((*head, *self._clip_inputs(frame, "cut", timings), *states), timings)
-                keyframe = "cut"
-        named = dict(zip(self._outputs, out))
-        self._state = {name: named[f"{name}_out"] for name in self._state_names}
+        inputs = {"frame": x, "dt": torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
+                  "reset": torch.tensor([reset], device=self.device), **self._query_tensors,
+                  **{s.in_name: self._state[s.name] for s in self.spec.states}}
+        extra, keyframe = self.head.before_frame(frame, self._state, reset=reset, first=self._count == 0,
+                                                 dt=max(dt, 0.0), companions=self.companions, timings=timings)
+        out = self.runner({**inputs, **self._on_device(extra)}, timings)
+        if bool(out["cut"][0]):
+            again, keyframe = self.head.after_cut(frame, keyframe, self.companions, timings)
+            if again is not None:  # same *_in: the re-run has no side effects
+                out = self.runner({**inputs, **self._on_device(again)}, timings)
+        self._state = {s.name: out[s.out_name] for s in self.spec.states}
         self._fresh, self._last_time, self._last_size = False, time, size
         self._count += 1
-        res = {name: named[name][0].cpu().numpy() for name in RESULT_NAMES}
+        res = {t.name: out[t.name][0].cpu().numpy() for t in self.spec.outputs}
         timings["total"] = 1000.0 * (_time.perf_counter() - start)
         return FrameResult(
             index=index, time=float(time), relevance=res["relevance"], indices=res["indices"],
@@ -165,51 +178,34 @@ class Engine:
         )
 
     def header(self) -> dict[str, Any]:
-        """Configuration and query, for JSONL headers and exported metadata."""
-        header = {"config": self.config.to_dict(), "query": self.query.text, "query_terms": list(self.query.terms),
-                  "query_ignored": list(self.query.ignored),
-                  "backend": {"name": self.backend, "description": self.runner.description}}
-        if self.clip is not None:
-            header["clip"] = {"model": self.clip.name, "dim": self.clip.dim, "basis_digest": self.clip.text.digest(),
-                              "input_size": list(self._clip_size)}
-        return header
+        """Configuration and query, for JSONL headers."""
+        return {"config": self.config.to_dict(), "query": self.query.text, "query_terms": list(self.query.terms),
+                "query_ignored": list(self.query.ignored),
+                "backend": {"name": self.backend, "description": self.runner.description}, **self.head.header()}
 
-    def _keyframe_due(self, reset: bool, dt: float) -> str | None:
-        """Why this frame needs dense CLIP features before the graph runs (a cut is known only after)."""
-        if reset:
-            return "first" if self._count == 0 else "reset"
-        if float(self._state["clip_age"][0]) + dt >= self.config.clip_interval_s - 1e-6:
-            return "interval"
-        threshold = self.config.clip_motion_threshold
-        if threshold is not None and float(self._state["clip_motion"][0]) >= threshold:
-            return "motion"
-        return None
+    def _tensors_for(self, query: EncodedQuery) -> dict[str, torch.Tensor]:
+        return self._on_device(self.head.stack([query]))
 
-    def _clip_inputs(self, frame: np.ndarray, keyframe: str | None,
-                     timings: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clip_feat, clip_key): the dense-CLIP graph's features on a keyframe, else unused zeros."""
-        if keyframe is None:
-            return self._no_features, torch.tensor([False], device=self.device)
-        t0 = _time.perf_counter()
-        h, w = self._clip_size
-        image = frame if frame.shape[:2] == (h, w) else cv2.resize(
-            frame, (w, h), interpolation=cv2.INTER_AREA if frame.shape[0] >= h else cv2.INTER_LINEAR)
-        (feat,) = self.clip_runner((torch.from_numpy(np.ascontiguousarray(image))[None].to(self.device),), None)
-        self.keyframes += 1
-        timings["clip"] = timings.get("clip", 0.0) + 1000.0 * (_time.perf_counter() - t0)
-        return feat.to(self.device), torch.tensor([True], device=self.device)
-
-    def _tensors_for(self, query: EncodedQuery) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device) for t in self._encoder.stack([query]))
+    def _on_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: t.to(self.device) for name, t in tensors.items()}
 
     def _to_input(self, frame: np.ndarray) -> torch.Tensor:
         """[H, W, 3] uint8 -> [1, h, w, 3] uint8 at the graph's input size (area resize when needed)."""
-        h, w = frame_shape(self.config)
+        h, w = self.config.frame_shape
         if self.config.input_mode == "full" and frame.shape[:2] != (h, w):
             raise ConfigError(f"input_mode='full' was configured for frames of {(h, w)}, got {frame.shape[:2]}")
         if frame.shape[:2] != (h, w):
             frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
         return torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.device)
+
+
+def _companion_file(model: str | os.PathLike[str], name: str) -> str:
+    path = companion_path(model, name)
+    if not path.is_file():
+        raise ModelError(f"the {name!r} companion graph {path} does not exist beside {model}; export both with "
+                         "arr-coc-stream export" + (" and build both with export/build_trt.py"
+                                                    if path.suffix == ".engine" else ""))
+    return str(path)
 
 
 def _check_frame(frame: Any, index: int) -> np.ndarray:

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .clip import unit
+from .channels import idx
 
 FLOW_DOWNSCALE = 4        # flow runs on luminance at work / 4 (64x64 by default)
 FLOW_TEMPERATURE = 0.002  # soft-argmin temperature on the mean-abs-difference cost
 CUT_POOL = 8              # cut statistics on an 8x8 layout of colour and structure
+CUT_FEATURES = 5 * CUT_POOL ** 2  # mean r, g, b and |dx|, |dy| per layout cell
 CUT_MEAN_TAU_S = 1.0      # running mean of frame-to-frame change
 CUT_MEAN_PRIOR = 0.02     # running mean a fresh state starts from
 CUT_CONTENT_SCALE = 0.08  # absolute change that maps to tanh(1)
@@ -132,41 +133,22 @@ def backward_warp(maps: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     return warped, valid.to(maps.dtype)[:, None]
 
 
-def blend(
-    warped: Tensor, valid: Tensor, current: Tensor, motion: Tensor, fresh: Tensor, dt: Tensor,
-    tau_s: float, boost: float,
-) -> tuple[Tensor, Tensor]:
+def blend(tex: Tensor, valid: Tensor, current: Tensor, dt: Tensor, tau_s: float, boost: float
+          ) -> tuple[Tensor, Tensor]:
     """Blend the current map into the warped cache; boost the output by motion.
 
     C_t = d * warp(C_{t-1}) + (1 - d) * R_now with d = exp(-dt / tau), invalid or fresh cells taking R_now;
-    relevance = clamp(C_t + boost * motion, 0, 1).
+    relevance = clamp(C_t + boost * motion, 0, 1). Reads channels prev_relevance (the warped cache, already zero
+    where ``valid`` is) and motion.
 
     Args:
-        warped: [B, 1, gh, gw] warped cache. valid: [B, 1, gh, gw]. current: [B, 1, gh, gw] R_now in [0, 1].
-        motion: [B, 1, gh, gw] motion channel. fresh: [B] bool. dt: [B] seconds.
+        tex: [B, C, gh, gw] texture. valid: [B, 1, gh, gw], 0 where the cache has no history (outside the frame,
+            or a fresh state). current: [B, 1, gh, gw] R_now in [0, 1]. dt: [B] seconds.
 
     Returns:
         cache [B, 1, gh, gw] (the next state, unboosted), relevance [B, 1, gh, gw] in [0, 1].
     """
-    keep = valid * (~fresh).to(valid.dtype).view(-1, 1, 1, 1)
-    prev = keep * warped + (1.0 - keep) * current
+    prev = tex[:, idx("prev_relevance")][:, None] + (1.0 - valid) * current
     d = torch.exp(-dt / tau_s).view(-1, 1, 1, 1)
     cache = d * prev + (1.0 - d) * current
-    return cache, torch.clamp(cache + boost * motion, 0.0, 1.0)
-
-
-def clip_cache(feat: Tensor, key: Tensor, cache: Tensor, flow: Tensor) -> Tensor:
-    """This frame's dense CLIP features: the keyframe's where ``key`` is set, else the cache warped by the flow.
-
-    Cells whose source lies outside the frame take the nearest border cell's feature: there is no current CLIP
-    value to fall back on between keyframes (the accumulated motion brings the next keyframe forward instead).
-
-    Args:
-        feat: [B, D, gh, gw] features computed for this frame (read where ``key``). key: [B] bool.
-        cache: [B, D, gh, gw] the previous frame's features. flow: [B, 2, gh, gw] in cells per frame.
-
-    Returns:
-        [B, D, gh, gw], unit along D (zero where the features are zero).
-    """
-    warped, _ = backward_warp(cache, flow)
-    return unit(torch.where(key.view(-1, 1, 1, 1), feat, warped))
+    return cache, torch.clamp(cache + boost * tex[:, idx("motion")][:, None], 0.0, 1.0)

@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from .config import EngineConfig
 from .errors import ConfigError
 
+# Source pixels per vision token side of the downstream VLM: Qwen2-VL's 2 x 2 merged patches of 14 px. A crop
+# with budget n^2 tokens is n * PATCH_PX pixels per side (FrameResult.crops); the graph never depends on it.
+PATCH_PX = 28
+
 if TYPE_CHECKING:
-    from .sources import Frame
+    from .sources.base import Frame
 
 
 @dataclass
@@ -90,7 +93,7 @@ class FrameResult:
         mask[self.selected] = True
         return mask.reshape(self.grid)
 
-    def crops(self, frame: "np.ndarray | Frame", patch_px: int = EngineConfig.patch_px) -> list["Crop"]:
+    def crops(self, frame: "np.ndarray | Frame", patch_px: int = PATCH_PX) -> list["Crop"]:
         """Cut each foveal crop out of the original frame at its level of detail.
 
         A crop with budget b = n^2 tokens is its window resized to ``n * patch_px`` pixels per side (n x n

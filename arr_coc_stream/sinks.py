@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._version import __version__
 from .errors import SourceError
 from .result import FrameResult
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .sources import Frame
+    from .sources.base import Frame
 
 SCHEMA_VERSION = 1
 
@@ -40,8 +41,6 @@ class JsonlSink:
     """
 
     def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
-        from . import __version__
-
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("wb", buffering=0)  # unbuffered: each line is one write() system call

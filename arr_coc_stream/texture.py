@@ -1,4 +1,4 @@
-"""Texture stage: the 40 named channels of DESIGN.md section 4 at grid resolution.
+"""Texture stage: the named channels of DESIGN.md section 4 at grid resolution.
 
 Everything is computed at the work resolution and reduced to the cell grid with fixed scales (a constant
 divisor, clamp or tanh), never a per-frame min-max, so values compare across frames, videos and backends.
@@ -257,32 +257,28 @@ def texture(
     rgb: Tensor,
     luma: Tensor,
     motion: Tensor,
-    flow: Tensor,
     caches: Tensor,
     pos: Tensor,
     ecc: Tensor,
     cell_px: int,
     clusters: int,
-    flow_radius_cells: float,
-    clip_feat: Tensor | None = None,
-    clip_basis: Tensor | None = None,
+    head_channels: Tensor | None = None,
 ) -> Tensor:
-    """Compute the 40-channel texture array.
+    """Compute the texture array.
 
     Args:
         rgb: [B, 3, H, W] work-resolution frame in [0, 1].
         luma: [B, 1, H, W] its luminance.
         motion: [B, 1, gh, gw] motion channel in [0, 1] (from :func:`motion_channel`).
-        flow: [B, 2, gh, gw] coarse flow (x, y) in cells per frame.
         caches: [B, 3, gh, gw] warped prev_relevance, prev_saliency, fixation in [0, 1].
         pos: [N, 2] cell centres. ecc: [N] eccentricity.
-        cell_px: pixels per cell. clusters: k-means clusters. flow_radius_cells: flow search radius in cells.
-        clip_feat: [B, D, gh, gw] unit dense CLIP cell features (zero where unknown); None without CLIP.
-        clip_basis: [16, D] the model's fixed orthonormal basis: channels clip_0..clip_15 are the features'
-            coordinates on it, in [-1, 1] (zeros without CLIP). They join the colour in the k-means features.
+        cell_px: pixels per cell. clusters: k-means clusters.
+        head_channels: [B, 16, gh, gw] channels clip_0..clip_15 in [-1, 1] from the query head (the clip head:
+            dense CLIP features on its model's fixed basis); None leaves them zero and out of the clustering.
 
     Returns:
-        [B, 40, gh, gw], channels in registry order and inside their declared ranges.
+        [B, C, gh, gw] (C = :data:`~arr_coc_stream.channels.NUM_CHANNELS`), channels in registry order and
+        inside their declared ranges.
     """
     bsz = rgb.shape[0]
     gh, gw = rgb.shape[-2] // cell_px, rgb.shape[-1] // cell_px
@@ -309,28 +305,12 @@ def texture(
     posg = pos.t().reshape(1, 2, gh, gw).expand(bsz, 2, gh, gw).to(rgb)
     out["pos_x"], out["pos_y"] = posg[:, 0:1], posg[:, 1:2]
     out["eccentricity"] = ecc.reshape(1, 1, gh, gw).expand(bsz, 1, gh, gw).to(rgb)
-
-    feats = rgb_cells.flatten(2).transpose(1, 2)  # [B, N, 3]
-    clip_channels = None
-    if clip_feat is not None and clip_basis is not None:
-        clip_channels = torch.einsum("kd,bdhw->bkhw", clip_basis, clip_feat)  # [B, 16, gh, gw]
-        feats = torch.cat([feats, KMEANS_CLIP_WEIGHT * clip_channels.flatten(2).transpose(1, 2)], dim=-1)
-    one_hot, cpos, counts = kmeans_grid(feats, pos.to(rgb), clusters)
-    ids = torch.arange(clusters, dtype=rgb.dtype, device=rgb.device)
-    out["cluster_id"] = (one_hot @ ids / (clusters - 1)).reshape(bsz, 1, gh, gw)
-    cell_cpos = one_hot @ cpos  # [B, N, 2]: each cell's cluster centroid
-    scale = torch.tensor([gw, gh], dtype=rgb.dtype, device=rgb.device)
-    dist = torch.linalg.vector_norm((pos.to(rgb) - cell_cpos) * scale, dim=-1) / math.hypot(gh, gw)
-    out["cluster_dist"] = torch.clamp(dist, 0.0, 1.0).reshape(bsz, 1, gh, gw)
-    out["cluster_size"] = (one_hot @ counts[..., None] / (gh * gw)).reshape(bsz, 1, gh, gw)
-
     out["prev_relevance"], out["prev_saliency"], out["fixation"] = caches[:, 0:1], caches[:, 1:2], caches[:, 2:3]
     zeros = torch.zeros_like(mean)
     for i, name in enumerate(CLIP_CHANNELS):
-        out[name] = zeros if clip_channels is None else clip_channels[:, i:i + 1]
+        out[name] = zeros if head_channels is None else head_channels[:, i:i + 1]
+    out.update(cluster_channels(out, pos.to(rgb), clusters, with_clip=head_channels is not None))
     out["edge_distance"] = edge_distance(out["edge"])
-    f = torch.clamp(flow / flow_radius_cells, -1.0, 1.0)
-    out["flow_x"], out["flow_y"] = f[:, 0:1], f[:, 1:2]
     ab = lab_ab(rgb_cells)
     out["lab_a"], out["lab_b"] = ab[:, 0:1], ab[:, 1:2]
 
@@ -344,6 +324,37 @@ def texture(
     out["text"] = _box3(stroke * (1.0 - torch.clamp(coherence, 0.0, 1.0)))
 
     return torch.cat([out[name] for name in CHANNELS], dim=1)
+
+
+def cluster_channels(channels: dict[str, Tensor], pos: Tensor, clusters: int, with_clip: bool
+                     ) -> dict[str, Tensor]:
+    """The clustering: k-means of the cells on their colour (and clip_* channels) and position.
+
+    Reads channels r, g, b and, with ``with_clip``, clip_0..clip_15 by name; positions come from the grid.
+
+    Args:
+        channels: name -> [B, 1, gh, gw] (at least the channels read). pos: [N, 2] cell centres (x, y).
+        clusters: k. with_clip: the query head supplies the clip_* channels (else they are zeros: left out).
+
+    Returns:
+        cluster_id, cluster_dist, cluster_size: [B, 1, gh, gw] each, in [0, 1].
+    """
+    r = channels["r"]
+    bsz, _, gh, gw = r.shape
+    feats = torch.cat([channels["r"], channels["g"], channels["b"]], dim=1).flatten(2).transpose(1, 2)  # [B, N, 3]
+    if with_clip:
+        clip_channels = torch.cat([channels[name] for name in CLIP_CHANNELS], dim=1)  # [B, 16, gh, gw]
+        feats = torch.cat([feats, KMEANS_CLIP_WEIGHT * clip_channels.flatten(2).transpose(1, 2)], dim=-1)
+    one_hot, cpos, counts = kmeans_grid(feats, pos, clusters)
+    ids = torch.arange(clusters, dtype=r.dtype, device=r.device)
+    cell_cpos = one_hot @ cpos  # [B, N, 2]: each cell's cluster centroid
+    scale = torch.tensor([gw, gh], dtype=r.dtype, device=r.device)
+    dist = torch.linalg.vector_norm((pos - cell_cpos) * scale, dim=-1) / math.hypot(gh, gw)
+    return {
+        "cluster_id": (one_hot @ ids / (clusters - 1)).reshape(bsz, 1, gh, gw),
+        "cluster_dist": torch.clamp(dist, 0.0, 1.0).reshape(bsz, 1, gh, gw),
+        "cluster_size": (one_hot @ counts[..., None] / (gh * gw)).reshape(bsz, 1, gh, gw),
+    }
 
 
 def motion_channel(luma: Tensor, prev_luma: Tensor, fresh: Tensor, cell_px: int) -> Tensor:
@@ -361,20 +372,15 @@ def motion_channel(luma: Tensor, prev_luma: Tensor, fresh: Tensor, cell_px: int)
 
 
 class Texture(nn.Module):
-    """Module twin of :func:`texture` holding the grid constants (and a CLIP model's basis) as buffers."""
+    """Module twin of :func:`texture` holding the grid constants as buffers."""
 
-    def __init__(self, grid: tuple[int, int], cell_px: int, clusters: int, flow_radius_cells: float,
-                 clip_basis: Tensor | None = None) -> None:
+    def __init__(self, grid: tuple[int, int], cell_px: int, clusters: int) -> None:
         super().__init__()
         pos, ecc = grid_positions(grid)
         self.register_buffer("pos", pos, persistent=False)
         self.register_buffer("ecc", ecc, persistent=False)
-        # None registers no tensor: the attribute graph holds no CLIP constant
-        self.register_buffer("clip_basis", None if clip_basis is None else clip_basis.detach().float().clone(),
-                             persistent=False)
-        self.cell_px, self.clusters, self.flow_radius_cells = cell_px, clusters, flow_radius_cells
+        self.cell_px, self.clusters = cell_px, clusters
 
-    def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, flow: Tensor, caches: Tensor,
-                clip_feat: Tensor | None = None) -> Tensor:
-        return texture(rgb, luma, motion, flow, caches, self.pos, self.ecc, self.cell_px, self.clusters,
-                       self.flow_radius_cells, clip_feat, self.clip_basis)
+    def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, caches: Tensor,
+                head_channels: Tensor | None = None) -> Tensor:
+        return texture(rgb, luma, motion, caches, self.pos, self.ecc, self.cell_px, self.clusters, head_channels)

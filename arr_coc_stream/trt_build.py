@@ -13,6 +13,7 @@ GPU's compute capability, which the TensorRT backend checks before loading (an e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,15 +22,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import ArrCocError, ConfigError, ModelError
+from .backends import TensorRTUnavailable, import_tensorrt, tensorrt_major
+from .errors import ConfigError, ModelError
+from .model_file import companion_path, engine_json_path, read_model
+
+__all__ = ["BuildConfig", "BuildResult", "TensorRTUnavailable", "build_all", "build_engine", "gpu_info",
+           "import_tensorrt"]
 
 DEFAULT_WORKSPACE_MIB = 4096
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
-SUPPORTED_MAJORS = (10, 11)
-
-
-class TensorRTUnavailable(ArrCocError, RuntimeError):
-    """TensorRT (or a CUDA GPU) is not available on this machine."""
 
 
 @dataclass(frozen=True)
@@ -68,31 +69,6 @@ class BuildResult:
     timing_cache_reused: bool
 
 
-def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or a clear :class:`TensorRTUnavailable`.
-
-    The type stubs (``tensorrt-stubs``) install a ``tensorrt`` folder without the library, which imports as an
-    empty namespace package: that counts as missing.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "TensorRT is not installed. Install it on a machine with an NVIDIA GPU "
-            "(pip install tensorrt, or NVIDIA's packages for your CUDA version), then run this again") from exc
-    if not hasattr(trt, "Builder"):
-        raise TensorRTUnavailable("the 'tensorrt' module here has no Builder (only type stubs are installed); "
-                                  "install TensorRT itself on a machine with an NVIDIA GPU")
-    major = tensorrt_major(trt)
-    if major not in SUPPORTED_MAJORS:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is not supported; use 10.x or 11.x")
-    return trt
-
-
-def tensorrt_major(trt: ModuleType) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
 def gpu_info() -> tuple[list[int], str]:
     """Compute capability [major, minor] and name of the current CUDA device."""
     import torch
@@ -103,11 +79,6 @@ def gpu_info() -> tuple[list[int], str]:
     return list(torch.cuda.get_device_capability()), torch.cuda.get_device_name()
 
 
-def engine_json_path(engine: Path) -> Path:
-    """``<name>.engine`` -> ``<name>.engine.json`` (``<name>.json`` is the ONNX file's metadata)."""
-    return engine.with_name(engine.name + ".json")
-
-
 def build_engine(build: BuildConfig, trt: ModuleType | None = None) -> BuildResult:
     """Build and save a TensorRT engine for ``build.onnx``.
 
@@ -116,14 +87,12 @@ def build_engine(build: BuildConfig, trt: ModuleType | None = None) -> BuildResu
         TensorRTUnavailable: TensorRT or CUDA is missing, or the TensorRT version is not 10.x/11.x.
         ModelError: the ONNX file is missing, not this library's, or TensorRT cannot parse or build it.
     """
-    from .export import read_metadata
-
     if build.int8:
         raise ConfigError("--int8 is refused: TensorRT 10/11 take INT8 only through explicit quantization "
                           "(Q/DQ nodes in the ONNX), and this graph has none; build FP32 or the _fp16 file")
     if build.workspace_mib <= 0:
         raise ConfigError(f"workspace must be > 0 MiB, got {build.workspace_mib}")
-    meta = read_metadata(build.onnx)
+    meta = read_model(build.onnx).metadata
     trt = trt or import_tensorrt()
     capability, gpu = gpu_info()
     major = tensorrt_major(trt)
@@ -185,3 +154,13 @@ def build_engine(build: BuildConfig, trt: ModuleType | None = None) -> BuildResu
     info_path = engine_json_path(engine)
     info_path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return BuildResult(engine, info_path, info, cache_path, reused)
+
+
+def build_all(build: BuildConfig, trt: ModuleType | None = None) -> list[BuildResult]:
+    """Build ``build.onnx`` and every companion graph its metadata names (``<stem>_<name>.onnx`` beside it, built
+    to ``<engine stem>_<name>.engine``), with the same workspace and timing cache."""
+    results = [build_engine(build, trt)]
+    for name in results[0].info["model"].get("companions", []):
+        results.append(build_engine(dataclasses.replace(
+            build, onnx=companion_path(build.onnx, name), output=companion_path(build.engine_path, name)), trt))
+    return results

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .result import FrameResult
-from .sources import DEFAULT_FPS, Frame
+from .sources.base import DEFAULT_FPS, Frame
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

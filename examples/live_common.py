@@ -2,7 +2,8 @@
 
 :func:`open_window` must run before ``arr_coc_stream`` (which imports PyAV) is imported: with PyAV loaded first,
 ``cv2.imshow`` can hang (DESIGN.md section 11). So this module imports only cv2 and the standard library at the
-top, and the demo scripts call :func:`open_window` before :func:`run`, which imports the library.
+top, and :func:`parse_args` opens the window before it imports the library for the engine options (one per
+``EngineConfig`` field, the same as ``arr-coc-stream run``'s).
 
 In a window: the frame with the relevance heatmap, the selected cells and the foveal crop windows
 (``arr_coc_stream.viz.draw_overlay``), the status in the window title; ``q`` or Esc closes it. Without a display
@@ -34,8 +35,22 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay", default=None,
                    help="overlay video written without a window (default: out/<demo>_overlay.mp4)")
     p.add_argument("--jsonl", help="also write every result to this JSONL file")
-    p.add_argument("--k", type=int, help="maximum selected cells (default 200)")
-    p.add_argument("--grid", type=int, nargs=2, metavar=("GH", "GW"), help="cell grid (default 32 32)")
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, bool]:
+    """Parse the demo's arguments and the engine options; return them and whether the window opened.
+
+    The window opens (when there is a display) before ``arr_coc_stream`` is imported for its engine options.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    windowed = False
+    if not {"-h", "--help"} & set(args):
+        known, _ = p.parse_known_args(args)
+        windowed = open_window(known.no_window)
+    from arr_coc_stream.cli import add_config_options
+
+    add_config_options(p)
+    return p.parse_args(args), windowed
 
 
 def open_window(no_window: bool) -> bool:
@@ -87,16 +102,20 @@ def run(name: str, open_source: Callable[[tuple[int, int]], Any], args: argparse
     Args:
         name: demo name, for the default overlay path.
         open_source: builds the source given the work size (H, W); it must keep full-resolution frames.
-        args: the parsed common arguments.
-        windowed: :func:`open_window` opened the window.
+        args: the parsed arguments (:func:`parse_args`).
+        windowed: :func:`parse_args` opened the window.
     """
     # imported here, after the window exists: arr_coc_stream imports PyAV
     import arr_coc_stream as acs
+    from arr_coc_stream.cli import config_options
     from arr_coc_stream.sinks import JsonlSink
     from arr_coc_stream.viz import OverlaySink, draw_overlay
 
-    options = {k: v for k, v in (("k", args.k), ("grid", args.grid)) if v is not None}
-    engine = acs.Engine(acs.EngineConfig.from_options(**options), query=args.query)
+    try:
+        engine = acs.Engine(query=args.query, **config_options(args))
+    except acs.ArrCocError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
     status = Status()
     tty = sys.stdout.isatty()
     sinks: list[Any] = []

@@ -26,11 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transport", choices=("tcp", "udp"), default="tcp", help="RTSP transport (default: tcp)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds an open may take (default: 10)")
     live_common.add_common_arguments(p)
-    args = p.parse_args(argv)
-    windowed = live_common.open_window(args.no_window)
+    args, windowed = live_common.parse_args(p, argv)
 
     def open_source(work_size: tuple[int, int]):
-        from arr_coc_stream.live import LiveConfig, StreamSource
+        from arr_coc_stream.sources import LiveConfig, StreamSource
 
         return StreamSource(args.url, size=work_size, keep_full=True, transport=args.transport,
                             config=LiveConfig(pacing=args.pacing, open_timeout_s=args.timeout))

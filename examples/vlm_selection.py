@@ -1,7 +1,7 @@
 """Feed the engine's selection to a vision-language model: gather the selected tokens and their position ids.
 
 A Qwen2-VL-style vision encoder turns an image into one token per 28 x 28 pixels (14 px patches merged 2 x 2,
-``EngineConfig.patch_px``). Resize the frame so that this token grid is the engine's cell grid, and the engine's
+``arr_coc_stream.result.PATCH_PX``). Resize the frame so that this token grid is the engine's cell grid, and the engine's
 selected cells index the encoder's tokens directly; ``FrameResult.position_ids`` gives their (t, y, x) M-RoPE ids.
 The encoder here is a small random stand-in (no download). With ``transformers`` installed, the ids are checked
 against Qwen2-VL's own ``get_rope_index`` on a tiny random config.
@@ -21,6 +21,7 @@ from torch import nn
 
 import arr_coc_stream as acs
 from arr_coc_stream import synth
+from arr_coc_stream.result import PATCH_PX
 from arr_coc_stream.sources import IterableSource
 
 PATCH, MERGE = 14, 2  # Qwen2-VL: 14 px patches, 2 x 2 merged into one LLM token of 28 px
@@ -71,7 +72,7 @@ def main() -> None:
     clip = synth.moving_object("red", n_frames=12)
     result = acs.run(IterableSource(clip.frames, fps=clip.fps), query="red", k=64)[-1]
     gh, gw = result.grid
-    px = acs.EngineConfig().patch_px  # 28: one token of the encoder per engine cell
+    px = PATCH_PX  # 28: one token of the encoder per engine cell
 
     image = cv2.resize(clip.frames[-1], (gw * px, gh * px), interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, 28 gh, 28 gw]

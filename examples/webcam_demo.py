@@ -28,15 +28,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="camera index, device path, URL or file for cv2.VideoCapture (default: 0)")
     p.add_argument("--api", default="ANY", help="OpenCV backend: ANY, V4L2, FFMPEG, GSTREAMER... (default: ANY)")
     live_common.add_common_arguments(p)
-    args = p.parse_args(argv)
+    args, windowed = live_common.parse_args(p, argv)
     api = getattr(cv2, f"CAP_{args.api.upper()}", None)
     if api is None:
         p.error(f"unknown OpenCV backend {args.api!r}")
     device: int | str = int(args.device) if args.device.isdigit() else args.device
-    windowed = live_common.open_window(args.no_window)
 
     def open_source(work_size: tuple[int, int]):
-        from arr_coc_stream.live import CameraSource, LiveConfig
+        from arr_coc_stream.sources import CameraSource, LiveConfig
 
         return CameraSource(device, size=work_size, keep_full=True, api=api, config=LiveConfig(pacing=args.pacing))
 

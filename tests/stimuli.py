@@ -1,8 +1,9 @@
 """Synthetic 256x256 stimuli for the texture channel tests, and a helper that runs the texture stage on them.
 
 Every frame is uint8 [256, 256, 3], as a decoder would deliver it; :func:`run_texture` converts it to the
-float [1, 3, 256, 256] the graph feeds the stage and calls the stage the way ``FrameGraph.forward`` does
-(32x32 grid, 8-px cells, 6 clusters, a flow radius of 2 cells). Grid cell (row i, column j) covers pixels
+float [1, 3, 256, 256] the graph feeds the stage and calls the stage the way ``FrameGraph.step`` does
+(32x32 grid, 8-px cells, 6 clusters); CLIP features become channels clip_0..clip_15 the way the clip head's
+scorer makes them (their coordinates on a fixed basis). Grid cell (row i, column j) covers pixels
 [8i, 8i + 8) x [8j, 8j + 8).
 """
 
@@ -18,7 +19,7 @@ from arr_coc_stream.channels import CHANNELS
 from arr_coc_stream.texture import grid_positions, luminance, motion_channel, texture
 
 SIZE, CELL, GRID = 256, 8, 32
-CLUSTERS, FLOW_RADIUS_CELLS = 6, 2.0
+CLUSTERS = 6
 GREY = 0.5
 # A stand-in CLIP model's fixed basis: 16 orthonormal directions of a 24-d joint space (the tiny test model's D).
 CLIP_DIM = 24
@@ -142,7 +143,6 @@ class Scene:
     rgb: np.ndarray
     prev: np.ndarray | None = None          # previous frame; None means "the same frame" (no motion)
     fresh: bool = False                     # the state starts over (reset or cut)
-    flow: np.ndarray = field(default_factory=lambda: np.zeros((2, GRID, GRID), np.float32))  # cells/frame
     caches: np.ndarray = field(default_factory=lambda: np.zeros((3, GRID, GRID), np.float32))
     clip: np.ndarray | None = None          # dense CLIP features [D, 32, 32] (projected on CLIP_BASIS)
 
@@ -158,12 +158,10 @@ def run_texture(scene: Scene) -> dict[str, np.ndarray]:
     luma = luminance(rgb)
     prev_luma = luma if scene.prev is None else luminance(to_tensor(scene.prev))
     motion = motion_channel(luma, prev_luma, torch.tensor([scene.fresh]), CELL)
-    flow = torch.as_tensor(scene.flow, dtype=torch.float32)[None]
     caches = torch.as_tensor(scene.caches, dtype=torch.float32)[None]
     pos, ecc = grid_positions((GRID, GRID))
-    clip = None if scene.clip is None else torch.as_tensor(scene.clip)[None]
+    clip = None if scene.clip is None else torch.einsum("kd,bdhw->bkhw", CLIP_BASIS, torch.as_tensor(scene.clip)[None])
     with torch.no_grad():
-        tex = texture(rgb, luma, motion, flow, caches, pos, ecc, cell_px=CELL, clusters=CLUSTERS,
-                      flow_radius_cells=FLOW_RADIUS_CELLS, clip_feat=clip, clip_basis=None if clip is None else CLIP_BASIS)
+        tex = texture(rgb, luma, motion, caches, pos, ecc, cell_px=CELL, clusters=CLUSTERS, head_channels=clip)
     assert tex.shape == (1, len(CHANNELS), GRID, GRID), tex.shape
     return {name: tex[0, ch.index].double().numpy() for name, ch in CHANNELS.items()}

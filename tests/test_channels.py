@@ -15,12 +15,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from skimage.data import page
 
 import stimuli as st
 from stimuli import Scene, cells, run_texture
-from arr_coc_stream import realizing
 from arr_coc_stream.channels import CHANNELS, CLIP_CHANNELS
 from arr_coc_stream.texture import Texture, grid_positions, luminance, motion_channel, texture
 
@@ -159,24 +157,11 @@ def edge_distance_check(name: str, fors: list[Tex], against: list[Tex]) -> None:
     np.testing.assert_allclose(a, 16 / DIAGONAL, atol=1e-6, err_msg="no strong edge: saturated distance")
 
 
-def flow_check(name: str, fors: list[Tex], against: list[Tex]) -> None:
-    """flow / radius, clamped: +1 cell -> 0.5, +5 cells -> 1; -1 cell -> -0.5, the other component -> 0."""
-    got = [float(t[name].mean()) for t in fors + against]
-    spread = max(float(np.ptp(t[name])) for t in fors + against)
-    assert np.allclose(got, [0.5, 1.0, -0.5, 0.0], atol=1e-6) and spread == 0.0, f"{name}: {got}"
-
-
 def text_check(name: str, fors: list[Tex], against: list[Tex]) -> None:
     roi = cells(13, 19, 9, 23)
     higher(roi, 0.4, 0.1)(name, fors, against)
     stripes_stroke = against[0]["stroke"][roi].mean()
     assert stripes_stroke > 0.7, f"the stripes must be strokes (stroke {stripes_stroke:.3f}) for this to test text"
-
-
-def _flow(x: float, y: float) -> np.ndarray:
-    f = np.zeros((2, st.GRID, st.GRID), np.float32)
-    f[0], f[1] = x, y
-    return f
 
 
 _rng = np.random.default_rng(7)
@@ -213,10 +198,6 @@ CASES: dict[str, Case] = {
     **{name: Case((_clip_scene(i),), (_clip_scene(None), _clip_scene((i + 1) % 16), TEXTURED), clip_check)
        for i, name in enumerate(CLIP_CHANNELS)},
     "edge_distance": Case((Scene(st.step_edge()),), (GREY,), edge_distance_check),
-    "flow_x": Case((Scene(st.flat(), flow=_flow(1, 0)), Scene(st.flat(), flow=_flow(5, 0))),
-                   (Scene(st.flat(), flow=_flow(-1, 0)), Scene(st.flat(), flow=_flow(0, 1))), flow_check),
-    "flow_y": Case((Scene(st.flat(), flow=_flow(0, 1)), Scene(st.flat(), flow=_flow(0, 5))),
-                   (Scene(st.flat(), flow=_flow(0, -1)), Scene(st.flat(), flow=_flow(1, 0))), flow_check),
     "lab_a": Case((RED,), (GREEN,), higher(ALL, 0.7, 0.3)),
     "lab_b": Case((Scene(st.solid(1, 1, 0)),), (BLUE,), higher(ALL, 0.7, 0.3)),
     # real text vs parallel stripes of the same stroke width and contrast in one orientation
@@ -262,7 +243,7 @@ def _decode(name: str, n: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def real_textures() -> torch.Tensor:
-    """Textures of 20 bikes and 10 bigbuckbunny frames, run as the graph runs them. [30, 40, 32, 32]."""
+    """Textures of 20 bikes and 10 bigbuckbunny frames, run as the graph runs them. [30, C, 32, 32]."""
     pos, ecc = grid_positions((st.GRID, st.GRID))
     out = []
     for clip, n in (("bikes.mp4", 20), ("bigbuckbunny.mp4", 10)):
@@ -273,9 +254,7 @@ def real_textures() -> torch.Tensor:
             fresh = torch.tensor([prev is None])
             prev = luma if prev is None else prev
             motion = motion_channel(luma, prev, fresh, st.CELL)
-            flow = realizing.coarse_flow(F.avg_pool2d(luma, 4), F.avg_pool2d(prev, 4), (st.GRID, st.GRID), 4)
-            tex = texture(rgb, luma, motion, flow * (~fresh).float(), caches, pos, ecc, cell_px=st.CELL,
-                          clusters=st.CLUSTERS, flow_radius_cells=st.FLOW_RADIUS_CELLS)
+            tex = texture(rgb, luma, motion, caches, pos, ecc, cell_px=st.CELL, clusters=st.CLUSTERS)
             out.append(tex)
             # stand-in caches for the next frame: this frame's edge, saliency and a fixation EMA, all in [0, 1]
             sal = tex[:, CHANNELS["saliency"].index]
@@ -300,14 +279,15 @@ def test_function_module_parity():
     rgb = st.to_tensor(st.noise(0.1, seed=5)) * 0.5 + st.to_tensor(st.blob()) * 0.5
     luma = luminance(rgb)
     motion = motion_channel(luma, torch.roll(luma, 3, dims=-1), torch.tensor([False]), st.CELL)
-    flow = torch.randn(1, 2, st.GRID, st.GRID, generator=torch.Generator().manual_seed(0))
     caches = torch.as_tensor(CACHES)[None]
+    head = torch.randn(1, 16, st.GRID, st.GRID, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     pos, ecc = grid_positions((st.GRID, st.GRID))
-    want = texture(rgb, luma, motion, flow, caches, pos, ecc, cell_px=st.CELL, clusters=st.CLUSTERS,
-                   flow_radius_cells=st.FLOW_RADIUS_CELLS)
-    got = Texture((st.GRID, st.GRID), st.CELL, st.CLUSTERS, st.FLOW_RADIUS_CELLS)(rgb, luma, motion, flow, caches)
-    assert got.shape == (1, len(CHANNELS), st.GRID, st.GRID)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for channels in (None, head):
+        want = texture(rgb, luma, motion, caches, pos, ecc, cell_px=st.CELL, clusters=st.CLUSTERS,
+                       head_channels=channels)
+        got = Texture((st.GRID, st.GRID), st.CELL, st.CLUSTERS)(rgb, luma, motion, caches, channels)
+        assert got.shape == (1, len(CHANNELS), st.GRID, st.GRID)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_clusters_follow_clip_features_when_present():

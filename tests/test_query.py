@@ -1,4 +1,4 @@
-"""Tests of the query encoders (arr_coc_stream/query.py)."""
+"""Tests of the attributes query head (arr_coc_stream/query/attributes.py) and the head registry."""
 
 from __future__ import annotations
 
@@ -10,33 +10,29 @@ import numpy as np
 import pytest
 import torch
 
-import arr_coc_stream.query as query_module
+import arr_coc_stream.query.attributes as query_module
 from arr_coc_stream.channels import CHANNELS, NUM_CHANNELS
 from arr_coc_stream.errors import ArrCocError, QueryError
-from arr_coc_stream.query import (
+from arr_coc_stream.query import HEADS, EncodedQuery, QueryHead, QueryWarning, head_type
+from arr_coc_stream.query.attributes import (
     ACHROMATIC_RGB_WEIGHT,
     COLOUR_AB_WEIGHT,
     COLOUR_RGB_WEIGHT,
-    ENCODERS,
     MOTION_WEIGHT,
     POSITION_WEIGHT,
     TEXT_WEIGHT,
-    AttributeEncoder,
-    EncodedQuery,
-    QueryEncoder,
-    QueryWarning,
+    AttributeQuery,
+    AttributesHead,
     css4_colours,
-    get_encoder,
     srgb_to_lab,
-    stack_queries,
 )
 
 COLOUR_CHANNELS = {"r", "g", "b", "lab_a", "lab_b"}
 
 
 @pytest.fixture(scope="module")
-def enc() -> AttributeEncoder:
-    return AttributeEncoder()
+def enc() -> AttributesHead:
+    return AttributesHead()
 
 
 def set_channels(q: EncodedQuery) -> set[str]:
@@ -245,38 +241,45 @@ def test_unusable_query_warns_and_is_query_free(enc):
         assert enc.encode("???").ignored == ()
 
 
-def test_get_encoder():
-    assert isinstance(get_encoder("attributes"), AttributeEncoder)
-    assert issubclass(ENCODERS["attributes"], QueryEncoder)
+def test_head_registry():
+    assert head_type("attributes") is AttributesHead
+    assert issubclass(HEADS["attributes"], QueryHead)
     with pytest.raises(QueryError, match="'nope'.*attributes"):
-        get_encoder("nope")
+        head_type("nope")
     with pytest.raises(ValueError):
-        get_encoder("nope")
+        head_type("nope")
     assert issubclass(QueryError, ArrCocError)
 
 
 def test_encoded_query_validates_and_is_read_only():
     with pytest.raises(QueryError):
-        EncodedQuery("x", np.zeros(3), np.zeros(NUM_CHANNELS))
+        AttributeQuery.make("x", np.zeros(3), np.zeros(NUM_CHANNELS))
     with pytest.raises(QueryError):
-        EncodedQuery("x", -np.ones(NUM_CHANNELS), np.zeros(NUM_CHANNELS))
-    q = EncodedQuery.query_free()
+        AttributeQuery.make("x", -np.ones(NUM_CHANNELS), np.zeros(NUM_CHANNELS))
+    with pytest.raises(QueryError, match="finite"):
+        EncodedQuery("x", {"v": np.array([np.nan])})
+    q = AttributeQuery.query_free()
     with pytest.raises(ValueError):
         q.weights[0] = 1.0
+    assert q["query_weights"] is q.weights
 
 
 # ---------------------------------------------------------------------------------------------- batching
 def test_stack_queries(enc):
     qs = [enc.encode("red"), enc.encode(None), enc.encode("text on the left")]
-    w, t = stack_queries(qs)
+    stacked = enc.stack(qs)
+    assert list(stacked) == [s.name for s in enc.query_inputs()] == ["query_weights", "query_targets"]
+    w, t = stacked["query_weights"], stacked["query_targets"]
     assert w.shape == t.shape == (3, NUM_CHANNELS)
     assert w.dtype == t.dtype == torch.float32
     assert (w.sum(dim=1) > 0).tolist() == [True, False, True]
     np.testing.assert_array_equal(t[2].numpy(), qs[2].targets)
     with pytest.raises(QueryError):
-        stack_queries([])
+        enc.stack([])
     with pytest.raises(QueryError):
-        stack_queries(["red"])
+        enc.stack(["red"])
+    with pytest.raises(QueryError, match="query 0 has nothing for query_weights"):
+        enc.stack([EncodedQuery("x", {"text_emb": np.ones(4)})])
 
 
 def test_no_matplotlib_at_run_time():

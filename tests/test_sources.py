@@ -18,6 +18,7 @@ from arr_coc_stream.errors import ConfigError, SourceError
 from arr_coc_stream.sources import (
     DEFAULT_FPS,
     Frame,
+    Handoff,
     IterableSource,
     Source,
     VideoFileSource,
@@ -114,6 +115,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _decode_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "arr_coc_stream-decode"]
+
+
+def _source_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("arr_coc_stream-")]
 
 
 @pytest.mark.parametrize("threads", [True, False])
@@ -263,6 +268,74 @@ def test_iterable_source_times_resize_and_passthrough() -> None:
     assert next(iter(IterableSource([given]))) is given
 
 
+@pytest.mark.timeout(20)
+def test_iterable_source_threaded_and_inline_agree_and_early_break_joins() -> None:
+    arrays = [_pattern(i, 60, 80) for i in range(40)]
+    threaded = list(IterableSource(iter(arrays), fps=25.0, size=(30, 40), keep_full=True, queue_size=2))
+    inline = list(IterableSource(iter(arrays), fps=25.0, size=(30, 40), keep_full=True, threads=False))
+    assert [f.index for f in threaded] == [f.index for f in inline] == list(range(40))
+    assert all(x.time == y.time and x.source_size == y.source_size and np.array_equal(x.rgb, y.rgb)
+               and np.array_equal(x.full, y.full) for x, y in zip(threaded, inline))
+    assert not _source_threads()
+
+    closed_with: list[list[threading.Thread]] = []
+
+    def gen():  # records the source threads still alive when the source closes it
+        try:
+            yield from arrays
+        finally:
+            closed_with.append(_source_threads())
+
+    with IterableSource(gen(), queue_size=2) as src:
+        it = iter(src)
+        assert next(it).index == 0 and [t.name for t in _source_threads()] == ["arr_coc_stream-iterable"]
+        for f in it:
+            if f.index == 3:
+                break
+    assert not _source_threads()
+    assert closed_with == [[]]  # close() joined the reader before closing the generator
+    with pytest.raises(SourceError, match="closed"):
+        iter(src)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("threads", [True, False])
+def test_iterable_source_producer_error_reaches_consumer(threads: bool) -> None:
+    def gen():
+        for i in range(10):
+            if i == 3:
+                raise ValueError("item 3 is broken")
+            yield _pattern(i, 60, 80)
+
+    seen: list[int] = []
+    with IterableSource(gen(), threads=threads) as src, pytest.raises(ValueError, match="item 3 is broken"):
+        for f in src:
+            seen.append(f.index)
+    assert seen == [0, 1, 2] and not _source_threads()
+
+
+@pytest.mark.timeout(20)
+def test_handoff_pacing_accounting_and_stop() -> None:
+    stop = threading.Event()
+    frames = [Frame(rgb=_pattern(i, 4, 4), index=i, time=i / 30, source_size=(4, 4)) for i in range(4)]
+    frames[1].reset, frames[1].gap, frames[1].dropped = True, 0.5, 2  # a reconnect after a gap, 2 frames lost
+    latest = Handoff("latest_frame")
+    assert [latest.put(f, stop) for f in frames[:3]] == [0, 1, 1] and latest.replaced == 2
+    latest.end(None)
+    got = latest.get()  # the newest frame carries everything the consumer missed
+    assert got is frames[2] and (got.dropped, got.gap, got.reset) == (4, 0.5, True) and latest.get() is None
+    fifo = Handoff("every_frame", size=2)
+    assert [fifo.put(f, stop) for f in frames[:2]] == [0, 0]
+    stop.set()
+    assert fifo.put(frames[2], stop) == 0  # full and stopped: returns at once, frame not stored
+    fifo.end(ValueError("producer failed"))
+    assert [fifo.get(), fifo.get()] == frames[:2]
+    with pytest.raises(ValueError, match="producer failed"):
+        fifo.get()
+    with pytest.raises(ConfigError, match="queue_size"):
+        Handoff("every_frame", size=0)
+
+
 @pytest.mark.parametrize("bad, what", [
     (np.zeros((60, 80, 3), np.float32), "dtype uint8"),
     (np.zeros((60, 80), np.uint8), r"shape \(H, W, 3\)"),
@@ -287,7 +360,7 @@ def test_open_source_dispatch(clips: dict[str, Path]) -> None:
         assert open_source(src) is src
     assert isinstance(open_source(np.zeros((4, 8, 8, 3), np.uint8)), IterableSource)
     assert isinstance(open_source([np.zeros((8, 8, 3), np.uint8)], keep_full=True), Source)
-    # live sources open through arr_coc_stream.live (tests/test_live.py): here, none answers
+    # live sources open through arr_coc_stream.sources.open_live (tests/test_live.py): here, none answers
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens once the socket is closed

@@ -1,5 +1,5 @@
-"""CLIP through ``transformers``: the text side of the ``clip`` query encoder and the dense keyframe features
-(DESIGN.md sections 6 and 7).
+"""CLIP through ``transformers``: the model behind the ``clip`` query head (:mod:`arr_coc_stream.query.clip`), its
+text side and its dense keyframe features (DESIGN.md sections 6 and 7).
 
 :func:`load_clip` loads a ``CLIPModel`` (a local folder or a hub id) with its tokenizer and image statistics and
 returns a :class:`ClipModel`:
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .channels import CLIP_CHANNELS
-from .errors import ConfigError, ModelError
+from ..channels import CLIP_CHANNELS
+from ..errors import ConfigError, ModelError
 
 EPS = 1e-3  # norms are clamped to at least this (a zero feature stays zero; FP16-safe)
 BASIS_SIZE = len(CLIP_CHANNELS)

@@ -1,15 +1,13 @@
-"""Query encoders: turn a text query into per-channel Gaussian weights and targets (DESIGN.md section 7).
+"""The ``attributes`` query head (offline default): colour, text, motion and position words.
 
-The graph scores a cell with texture vector ``x`` (40 channels, see :mod:`arr_coc_stream.channels`) as::
+The head turns a query into per-channel Gaussian weights and targets, ``query_weights [C]`` and
+``query_targets [C]`` (C channels, see :mod:`arr_coc_stream.channels`), and its scorer matches a cell with
+texture vector ``x`` as::
 
-    Q(cell) = exp(-sum_c weights[c] * (x[c] - targets[c]) ** 2)
+    match(cell) = exp(-sum_c weights[c] * (x[c] - targets[c]) ** 2)
 
-and a stream has a query iff ``sum(weights) > 0``. An encoder's whole job is to fill ``weights [40]`` and
-``targets [40]``; :func:`stack_queries` batches them into the graph inputs ``query_weights [B, 40]`` and
-``query_targets [B, 40]``.
-
-:class:`AttributeEncoder` (``"attributes"``, the offline default) understands four word families and nothing
-else. Its limits, plainly:
+and a stream has a query iff ``sum(weights) > 0``. It understands four word families and nothing else. Its
+limits, plainly:
 
 - **No nouns or objects.** "the red car" is read as "red"; "car" lands in :attr:`EncodedQuery.ignored`.
 - **Colours** are the 148 CSS4 names, also written in parts ("dark red", "light goldenrod yellow") when the
@@ -25,42 +23,27 @@ else. Its limits, plainly:
   ("left ... right") goes to ``ignored``; a repeated or agreeing term ("text on a sign") is kept without
   adding weight.
 
-A query with no usable word gives a :class:`QueryWarning` and query-free relevance, never a guess.
-
-:class:`ClipEncoder` (``"clip"``) reads the whole query with a CLIP text tower instead (:mod:`arr_coc_stream.clip`):
-its :attr:`EncodedQuery.embedding` is the unit text embedding ``[D]``, batched by :meth:`ClipEncoder.stack` into
-the CLIP graph's ``text_emb [B, D]``; there the participatory score is the cosine with each cell's dense CLIP
-feature. It understands what the model understands (objects, scenes, "the person in the yellow jacket"), and
-nothing is listed as ignored.
+A query with no usable word gives a :class:`~arr_coc_stream.query.QueryWarning` and query-free relevance, never a
+guess.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
-from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from .channels import CHANNELS, NUM_CHANNELS
-from .clip import ClipModel, load_clip
-from .errors import QueryError
-
-__all__ = [
-    "ACHROMATIC_AB_WEIGHT", "ACHROMATIC_CHROMA", "ACHROMATIC_RGB_WEIGHT", "AttributeEncoder", "CENTRE_WEIGHT",
-    "ClipEncoder",
-    "COLOUR_AB_WEIGHT", "COLOUR_RGB_WEIGHT", "ENCODERS", "EncodedQuery", "MOTION_WEIGHT", "POSITION_WEIGHT",
-    "QueryEncoder", "QueryWarning", "STROKE_WEIGHT", "TEXT_WEIGHT", "css4_colours", "get_encoder",
-    "srgb_to_lab", "stack_queries",
-]
+from ..channels import CHANNELS, NUM_CHANNELS
+from ..errors import QueryError
+from ..spec import TensorSpec
+from .base import EncodedQuery, QueryHead, QueryScorer, QueryWarning, check_text
 
 # Weights of the attribute encoder; read at encode time, so the engine may tune them.
 COLOUR_AB_WEIGHT = 40.0       # per channel, lab_a and lab_b, chromatic colours
@@ -75,96 +58,65 @@ POSITION_WEIGHT = 3.0         # on `pos_x` / `pos_y`
 CENTRE_WEIGHT = 3.0           # on `eccentricity` (target 0) for centre/center/middle alone
 
 
-class QueryWarning(UserWarning):
-    """A query was given but nothing in it could be used; relevance is query-free."""
-
-
-@dataclass(frozen=True, eq=False)
-class EncodedQuery:
-    """One stream's query as the graph sees it.
-
-    Args:
-        text: the query as given, ``None`` for query-free relevance.
-        weights: float32 ``[40]``, >= 0, indexed by the channel registry.
-        targets: float32 ``[40]``, each inside its channel's declared range.
-        terms: the words/phrases actually used, in query order, as written ("dark blue", "left"); the whole
-            query for the CLIP encoder.
-        ignored: words not used (not understood, or a second colour / conflicting position), stop-words excluded.
-        embedding: float32 ``[D]`` unit CLIP text embedding (CLIP encoder only; None otherwise).
-
-    Compare two queries by their arrays (``np.array_equal``); ``==`` is identity.
-    """
-
-    text: str | None
-    weights: np.ndarray
-    targets: np.ndarray
-    terms: tuple[str, ...] = ()
-    ignored: tuple[str, ...] = ()
-    embedding: np.ndarray | None = None
+class AttributeQuery(EncodedQuery):
+    """An :class:`EncodedQuery` of the attributes head: ``query_weights`` and ``query_targets``, [C] float32 each,
+    indexed by the channel registry; weights >= 0, targets inside each channel's declared range."""
 
     def __post_init__(self) -> None:
-        for field in ("weights", "targets"):
-            value = np.array(getattr(self, field), dtype=np.float32)  # a private, read-only copy
-            if value.shape != (NUM_CHANNELS,) or not np.all(np.isfinite(value)):
-                raise QueryError(f"EncodedQuery.{field} must be finite with shape ({NUM_CHANNELS},), "
-                                 f"got shape {value.shape}")
-            value.setflags(write=False)
-            object.__setattr__(self, field, value)
+        super().__post_init__()
+        for name in ("query_weights", "query_targets"):
+            value = self.tensors.get(name)
+            if value is None or value.shape != (NUM_CHANNELS,):
+                raise QueryError(f"AttributeQuery.{name} must have shape ({NUM_CHANNELS},), got "
+                                 f"{None if value is None else value.shape}")
         if np.any(self.weights < 0):
-            raise QueryError(f"EncodedQuery.weights must be >= 0, got min {float(self.weights.min())}")
-        object.__setattr__(self, "terms", tuple(self.terms))
-        object.__setattr__(self, "ignored", tuple(self.ignored))
-        if self.embedding is not None:
-            emb = np.array(self.embedding, dtype=np.float32)
-            if emb.ndim != 1 or not np.all(np.isfinite(emb)):
-                raise QueryError(f"EncodedQuery.embedding must be a finite vector, got shape {emb.shape}")
-            emb.setflags(write=False)
-            object.__setattr__(self, "embedding", emb)
+            raise QueryError(f"AttributeQuery.query_weights must be >= 0, got min {float(self.weights.min())}")
 
     @property
-    def has_query(self) -> bool:
-        """Whether any weight is positive or a text embedding is set (otherwise relevance is query-free)."""
-        return bool(np.any(self.weights > 0)) or (self.embedding is not None and bool(np.any(self.embedding != 0)))
+    def weights(self) -> np.ndarray:
+        return self.tensors["query_weights"]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.tensors["query_targets"]
 
     @classmethod
-    def query_free(cls, text: str | None = None, ignored: Sequence[str] = ()) -> EncodedQuery:
+    def make(cls, text: str | None, weights: np.ndarray, targets: np.ndarray, terms: tuple[str, ...] = (),
+             ignored: tuple[str, ...] = ()) -> AttributeQuery:
+        return cls(text, {"query_weights": weights, "query_targets": targets}, terms, ignored)
+
+    @classmethod
+    def query_free(cls, text: str | None = None, ignored: tuple[str, ...] = ()) -> AttributeQuery:
         """An all-zero query: the graph computes relevance without query coupling."""
         zeros = np.zeros(NUM_CHANNELS, dtype=np.float32)
-        return cls(text, zeros, zeros, (), tuple(ignored))
+        return cls.make(text, zeros, zeros, (), ignored)
 
 
-class QueryEncoder(ABC):
-    """Turns a text query into an :class:`EncodedQuery`. Subclasses set ``name`` and register in ENCODERS."""
+def gaussian_match(tex: Tensor, query_weights: Tensor, query_targets: Tensor) -> Tensor:
+    """The attributes head's match: a product of Gaussians over the channels the query weighs.
 
-    name: ClassVar[str]
-
-    @abstractmethod
-    def encode(self, query: str | None) -> EncodedQuery:
-        """Encode ``query``; ``None`` gives query-free relevance, an empty string raises QueryError."""
-
-    def stack(self, queries: Sequence[EncodedQuery]) -> tuple[torch.Tensor, ...]:
-        """Batch per-stream queries into the graph's query inputs (``query_weights, query_targets``)."""
-        return stack_queries(queries)
-
-
-def stack_queries(queries: Sequence[EncodedQuery]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch per-stream queries into the graph inputs.
+    Args:
+        tex: [B, C, gh, gw] texture. query_weights, query_targets: [B, C].
 
     Returns:
-        ``(query_weights, query_targets)``, both float32 CPU tensors.
-
-    Shape:
-        ``query_weights [B, 40]``, ``query_targets [B, 40]`` with ``B = len(queries)``.
+        [B, gh, gw] in [0, 1] (1 everywhere for a stream without a query: see :func:`has_query`).
     """
-    queries = list(queries)
-    if not queries:
-        raise QueryError("stack_queries needs at least one EncodedQuery, got none")
-    for i, q in enumerate(queries):
-        if not isinstance(q, EncodedQuery):
-            raise QueryError(f"stack_queries item {i} is {type(q).__name__}, expected EncodedQuery")
-    weights = torch.from_numpy(np.stack([q.weights for q in queries]))  # [B, 40]
-    targets = torch.from_numpy(np.stack([q.targets for q in queries]))  # [B, 40]
-    return weights, targets
+    w = query_weights[:, :, None, None]
+    t = query_targets[:, :, None, None]
+    return torch.exp(-(w * (tex - t) ** 2).sum(dim=1))
+
+
+def has_query(query_weights: Tensor) -> Tensor:
+    """1.0 for streams with a query, 0.0 without. [B, C] -> [B]."""
+    return (query_weights.sum(dim=1) > 0).to(query_weights.dtype)
+
+
+class AttributeScorer(QueryScorer):
+    """The attributes head in the graph: :func:`gaussian_match` over the whole texture."""
+
+    def forward(self, tex: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+                ) -> tuple[Tensor, Tensor]:
+        return gaussian_match(tex, inputs["query_weights"], inputs["query_targets"]), has_query(inputs["query_weights"])
 
 
 # ---------------------------------------------------------------------------------------------- colour
@@ -241,21 +193,28 @@ def _tokenise(query: str) -> list[str]:
     return re.sub(r"[\W_]+", " ", text).split()
 
 
-class AttributeEncoder(QueryEncoder):
-    """Offline query encoder for colour, text, motion and position words (limits: see the module docstring).
+class AttributesHead(QueryHead):
+    """Offline query head for colour, text, motion and position words (limits: see the module docstring).
 
     Example:
-        >>> q = AttributeEncoder().encode("where is the red car?")
+        >>> q = AttributesHead().encode("where is the red car?")
         >>> q.terms, q.ignored
         (('red',), ('car',))
     """
 
     name = "attributes"
 
-    def encode(self, query: str | None) -> EncodedQuery:
+    def query_inputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("query_weights", (NUM_CHANNELS,), "float32", "Gaussian weight per channel, >= 0"),
+                TensorSpec("query_targets", (NUM_CHANNELS,), "float32", "Gaussian centre per channel"))
+
+    def scorer(self) -> AttributeScorer:
+        return AttributeScorer()
+
+    def encode(self, query: str | None) -> AttributeQuery:
         if query is None:
-            return EncodedQuery.query_free()
-        _check_text(query)
+            return AttributeQuery.query_free()
+        check_text(query)
 
         weights = np.zeros(NUM_CHANNELS, dtype=np.float32)
         targets = np.zeros(NUM_CHANNELS, dtype=np.float32)
@@ -316,8 +275,8 @@ class AttributeEncoder(QueryEncoder):
             warnings.warn(QueryWarning(
                 f"query {query!r} has no word the attribute encoder understands (colours, text, motion, "
                 f"position); relevance is query-free"), stacklevel=2)
-            return EncodedQuery.query_free(query, ignored)
-        return EncodedQuery(query, weights, targets, terms, ignored)
+            return AttributeQuery.query_free(query, ignored)
+        return AttributeQuery.make(query, weights, targets, terms, ignored)
 
 
 def _scan(tokens: list[str]):
@@ -368,64 +327,3 @@ def _colour_spec(key: str) -> list[tuple[str, float, float]]:
     a_t, b_t = (float(np.clip((v + 128.0) / 255.0, 0.0, 1.0)) for v in lab[1:])
     return [("lab_a", a_t, w_ab), ("lab_b", b_t, w_ab),
             ("r", float(rgb[0]), w_rgb), ("g", float(rgb[1]), w_rgb), ("b", float(rgb[2]), w_rgb)]
-
-
-def _check_text(query: object) -> None:
-    if not isinstance(query, str):
-        raise QueryError(f"query must be a str or None, got {type(query).__name__}")
-    if not query.strip():
-        raise QueryError(f"empty query: {query!r}; pass None for query-free relevance")
-
-
-class ClipEncoder(QueryEncoder):
-    """Open-vocabulary queries through a CLIP text tower; the query is used whole.
-
-    Args:
-        model: a :class:`~arr_coc_stream.clip.ClipModel`, or a local folder / hub id to load one from.
-
-    Example:
-        >>> from arr_coc_stream.clip import save_random_clip
-        >>> enc = ClipEncoder(save_random_clip("/tmp/tiny_clip"))  # doctest: +SKIP
-        >>> enc.encode("the person in the yellow jacket").embedding.shape  # doctest: +SKIP
-        (24,)
-    """
-
-    name = "clip"
-
-    def __init__(self, model: ClipModel | str | os.PathLike[str]) -> None:
-        self.model = model if isinstance(model, ClipModel) else load_clip(model)
-
-    def encode(self, query: str | None) -> EncodedQuery:
-        if query is None:
-            return EncodedQuery.query_free()
-        _check_text(query)
-        emb = self.model.embed_text([query])[0].numpy()
-        zeros = np.zeros(NUM_CHANNELS, dtype=np.float32)
-        return EncodedQuery(query, zeros, zeros, (query,), (), emb)
-
-    def stack(self, queries: Sequence[EncodedQuery]) -> tuple[torch.Tensor, ...]:
-        """Batch per-stream queries into ``text_emb [B, D]`` (zeros for a query-free stream)."""
-        queries = list(queries)
-        if not queries:
-            raise QueryError("ClipEncoder.stack needs at least one EncodedQuery, got none")
-        zeros = np.zeros(self.model.dim, dtype=np.float32)
-        rows = []
-        for i, q in enumerate(queries):
-            emb = zeros if getattr(q, "embedding", None) is None else q.embedding
-            if emb.shape != (self.model.dim,):
-                raise QueryError(f"query {i} has a text embedding of shape {emb.shape}, expected "
-                                 f"({self.model.dim},) for {self.model.name}")
-            rows.append(emb)
-        return (torch.from_numpy(np.stack(rows)),)
-
-
-ENCODERS: dict[str, type[QueryEncoder]] = {AttributeEncoder.name: AttributeEncoder, ClipEncoder.name: ClipEncoder}
-
-
-def get_encoder(name: str, **options: object) -> QueryEncoder:
-    """A fresh encoder registered under ``name`` (``options`` go to its constructor, e.g. ``model=`` for
-    ``"clip"``); QueryError names the available ones otherwise."""
-    cls = ENCODERS.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise QueryError(f"unsupported query encoder {name!r}; available: {', '.join(sorted(ENCODERS))}")
-    return cls(**options)
