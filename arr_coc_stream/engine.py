@@ -106,7 +106,8 @@ class Engine:
 
     @property
     def state(self) -> dict[str, torch.Tensor]:
-        """The state the next frame starts from, by state name (batch 1; read-only views)."""
+        """The state the next frame starts from, by state name (batch 1; the engine's own tensors: read, do not
+        modify)."""
         return dict(self._state)
 
     @property
