@@ -13,7 +13,6 @@ when their backend is asked for.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import ArrCocError, ConfigError, ModelError
-from .model_file import ModelFile, engine_json_path
+from .model_file import ModelFile, engine_info
 from .spec import GraphSpec
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -137,10 +136,7 @@ class TensorRTRunner:
     def __init__(self, model: str | os.PathLike[str]) -> None:
         trt = import_tensorrt()
         path = _model_path(model, ".engine")
-        info_path = engine_json_path(path)
-        if not info_path.is_file():
-            raise ModelError(f"{path} has no {info_path.name} beside it; rebuild it with export/build_trt.py")
-        info = json.loads(info_path.read_text())
+        info = engine_info(path)
         built = info.get("tensorrt", {})
         if built.get("version") != trt.__version__:
             raise ModelError(f"{path} was built with TensorRT {built.get('version')}, this is TensorRT "

@@ -126,9 +126,13 @@ class EngineConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field as JSON reads it back (tuples as lists), so it compares equal to a model file's record."""
+        return json.loads(json.dumps(self.to_dict()))
+
     def graph_fields(self) -> dict[str, Any]:
         """The fields that shape the exported graph (every field but :data:`RUNTIME_FIELDS`), JSON-ready."""
-        return {k: v for k, v in _jsonable(self.to_dict()).items() if k not in RUNTIME_FIELDS}
+        return {k: v for k, v in self.to_json().items() if k not in RUNTIME_FIELDS}
 
     @classmethod
     def from_options(cls, **options: Any) -> "EngineConfig":
@@ -218,11 +222,6 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    """Tuples as lists, as JSON reads them back, so a dict compares equal to one read from a model file."""
-    return json.loads(json.dumps(d))
 
 
 def field_docs() -> dict[str, str]:

@@ -91,6 +91,10 @@ class ExportedFile:
         return self.path.with_suffix(".json")
 
     @property
+    def fp16_metadata_path(self) -> Path | None:
+        return None if self.fp16_path is None else self.fp16_path.with_suffix(".json")
+
+    @property
     def spec(self) -> GraphSpec:
         return GraphSpec.from_dict(self.metadata["graph"])
 
@@ -100,10 +104,6 @@ class ExportedModel(ExportedFile):
     """What :func:`export_onnx` wrote: the per-frame graph and the query head's companion graphs by name."""
 
     companions: dict[str, ExportedFile] = field(default_factory=dict)
-
-    @property
-    def fp16_metadata_path(self) -> Path | None:
-        return None if self.fp16_path is None else self.fp16_path.with_suffix(".json")
 
 
 def default_name(config: EngineConfig, export: ExportConfig | None = None, head: QueryHead | None = None) -> str:
@@ -150,7 +150,8 @@ def export_onnx(config: EngineConfig | None, path: str | os.PathLike[str], expor
     for name, companion in head.companions().items():
         dense = trace_onnx(companion.module.eval(), companion.spec, export.batch_max)
         meta = _metadata(config, head, companion.spec, export, None, companion=name)
-        file = ExportedFile(companion_path(path, name), meta, _write_checked(dense, companion_path(path, name), meta))
+        out = companion_path(path, name)
+        file = ExportedFile(out, meta, _write_checked(dense, out, meta))
         if result.fp16_path is not None:
             file.fp16_path = companion_path(result.fp16_path, name)
             _write_fp16(dense, file.fp16_path, meta)

@@ -64,7 +64,7 @@ def make_metadata(config: EngineConfig, head: QueryHead, spec: GraphSpec, batch_
         "schema_version": SCHEMA_VERSION,
         "version": __version__,
         "precision": precision,
-        "config": {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "device"},
+        "config": {k: v for k, v in config.to_json().items() if k != "device"},
         "head": {"name": head.name, **head.metadata()},
         "graph": spec.to_dict(),
         "batch_max": batch_max,
@@ -190,10 +190,7 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
     if path.suffix == ".engine":
-        info = engine_json_path(path)
-        if not info.is_file():
-            raise ModelError(f"{path} has no {info.name} beside it; rebuild it with export/build_trt.py")
-        return ModelFile.from_metadata(json.loads(info.read_text())["model"], path)
+        return ModelFile.from_metadata(engine_info(path)["model"], path)
     try:
         import onnx
     except ImportError as exc:
@@ -203,6 +200,18 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types
         raise ModelError(f"{path} is not a readable ONNX file: {exc}") from exc
     return ModelFile.from_props({p.key: p.value for p in model.metadata_props}, path)
+
+
+def engine_info(engine: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON beside a built engine: ``{"model": its ONNX file's metadata, "tensorrt": how it was built}``.
+
+    Raises:
+        ModelError: the JSON is missing.
+    """
+    path = engine_json_path(engine)
+    if not path.is_file():
+        raise ModelError(f"{engine} has no {path.name} beside it; rebuild it with export/build_trt.py")
+    return json.loads(path.read_text())
 
 
 def engine_json_path(engine: str | os.PathLike[str]) -> Path:

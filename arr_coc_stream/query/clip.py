@@ -150,6 +150,7 @@ class ClipHead(QueryHead):
         self.model = model if model is not None else load_clip(str(config.clip_model))
         self.keyframe_size = self.model.input_size(config.grid, config.clip_size)
         self.keyframes = 0
+        self._idle: dict[torch.device, dict[str, Tensor]] = {}
 
     def encode(self, query: str | None) -> ClipQuery:
         if query is None:
@@ -184,12 +185,14 @@ class ClipHead(QueryHead):
                      dt: float, companions: Mapping[str, Runner], timings: dict[str, float]
                      ) -> tuple[dict[str, Tensor], str | None]:
         why = self._due(state, reset, first, dt)
-        return self._features(frame, why, companions, timings), why
+        if why is None:
+            return self._no_features(state["clip_age"].device), None
+        return self._features(frame, companions, timings), why
 
     def after_cut(self, frame: np.ndarray, keyframe: str | None, companions: Mapping[str, Runner],
                   timings: dict[str, float]) -> tuple[dict[str, Tensor] | None, str | None]:
         if keyframe is None:  # score the shot's first frame with its own features
-            return self._features(frame, "cut", companions, timings), "cut"
+            return self._features(frame, companions, timings), "cut"
         return None, "cut"
 
     def _due(self, state: Mapping[str, Tensor], reset: bool, first: bool, dt: float) -> str | None:
@@ -203,12 +206,17 @@ class ClipHead(QueryHead):
             return "motion"
         return None
 
-    def _features(self, frame: np.ndarray, keyframe: str | None, companions: Mapping[str, Runner],
-                  timings: dict[str, float]) -> dict[str, Tensor]:
-        """clip_feat and clip_key: the companion's features on a keyframe, else unused zeros."""
-        if keyframe is None:
-            return {"clip_feat": torch.zeros((1, self.model.dim, *self.config.grid)),
-                    "clip_key": torch.tensor([False])}
+    def _no_features(self, device: torch.device) -> dict[str, Tensor]:
+        """clip_feat and clip_key between keyframes: zeros the graph does not read, made once per device (a
+        [1, D, gh, gw] tensor is 2 MB at D = 512, too much to allocate, or copy to a GPU, on every frame)."""
+        if device not in self._idle:
+            self._idle[device] = {"clip_feat": torch.zeros((1, self.model.dim, *self.config.grid), device=device),
+                                  "clip_key": torch.tensor([False], device=device)}
+        return self._idle[device]
+
+    def _features(self, frame: np.ndarray, companions: Mapping[str, Runner], timings: dict[str, float]
+                  ) -> dict[str, Tensor]:
+        """clip_feat and clip_key of a keyframe: the companion graph's features of ``frame``."""
         t0 = time.perf_counter()
         h, w = self.keyframe_size
         image = frame if frame.shape[:2] == (h, w) else cv2.resize(
