@@ -17,6 +17,7 @@ from .config import EngineConfig
 from .engine import Engine
 from .errors import ArrCocError, ConfigError, ModelError, QueryError, SourceError
 from .export import export_onnx
+from .query import QueryWarning
 from .result import FrameResult
 from .sinks import read_jsonl
 
@@ -29,6 +30,7 @@ __all__ = [
     "FrameResult",
     "ModelError",
     "QueryError",
+    "QueryWarning",
     "SourceError",
     "__version__",
     "export_onnx",

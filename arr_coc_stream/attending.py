@@ -135,14 +135,18 @@ def update_fixation(fixation: Tensor, indices: Tensor, valid: Tensor, dt: Tensor
 
 def attend(relevance: Tensor, tex: Tensor, dt: Tensor, grid: tuple[int, int], k: int, explore_k: int, floor: float,
            crop_cells: int, max_foveal: int, max_total: int, kappa: float, inhibition: Tensor,
-           nms_iou: Tensor, tau_fixation_s: float) -> dict[str, Tensor]:
+           nms_iou: Tensor, tau_fixation_s: float, confidence: Tensor | None = None) -> dict[str, Tensor]:
     """The whole stage: selection, crop windows, foveal budgets and the next fixation history.
 
-    Reads channel fixation (the warped history, zero where it has none).
+    Reads channel fixation (the warped history, zero where it has none). The foveal budgets follow relevance
+    times ``confidence``: a crop needs ``score * confidence >= floor`` and its size grows with that product, so a
+    query the frame holds faintly buys small crops and one it does not hold buys none (the cells are still
+    selected by relevance).
 
     Args:
-        relevance: [B, gh, gw] in [0, 1]. tex: [B, C, gh, gw] texture. dt: [B] seconds. The rest: see
-            :func:`select`, :func:`crop_windows`, :func:`foveal_budgets` and :func:`update_fixation`.
+        relevance: [B, gh, gw] in [0, 1]. tex: [B, C, gh, gw] texture. dt: [B] seconds. confidence: [B] in [0, 1]
+            (:func:`arr_coc_stream.balancing.query_match`), None for 1. The rest: see :func:`select`,
+            :func:`crop_windows`, :func:`foveal_budgets` and :func:`update_fixation`.
 
     Returns:
         indices [B, K] int64, scores [B, K], valid [B, K] bool, boxes [B, K, 4] int32 windows in cells,
@@ -154,7 +158,9 @@ def attend(relevance: Tensor, tex: Tensor, dt: Tensor, grid: tuple[int, int], k:
     fix_flat = tex[:, idx("fixation")].reshape(bsz, gh * gw)
     indices, scores, selected = select(rel_flat, fix_flat, k, explore_k, floor, inhibition)
     boxes = crop_windows(indices, grid, crop_cells)
-    budgets, lod = foveal_budgets(scores, selected, boxes, max_foveal, max_total, kappa, nms_iou)
+    crop_scores = scores if confidence is None else scores * confidence[:, None]
+    budgets, lod = foveal_budgets(crop_scores, selected & (crop_scores >= floor), boxes, max_foveal, max_total, kappa,
+                                  nms_iou)
     fixation = update_fixation(fix_flat, indices, selected, dt, tau_fixation_s)
     return {"indices": indices, "scores": scores, "valid": selected, "boxes": boxes.to(torch.int32),
             "budgets": budgets, "lod": lod, "fixation": fixation.reshape(bsz, gh, gw)}
@@ -170,7 +176,7 @@ class Attending(nn.Module):
         self.nms_iou = nn.Parameter(torch.tensor(p["nms_iou"]), requires_grad=False)
         self.config = config
 
-    def forward(self, relevance: Tensor, tex: Tensor, dt: Tensor) -> dict[str, Tensor]:
+    def forward(self, relevance: Tensor, tex: Tensor, dt: Tensor, confidence: Tensor) -> dict[str, Tensor]:
         c = self.config
         return attend(relevance, tex, dt, c.grid, c.k, c.explore_k, c.relevance_floor, c.crop_cells, c.max_foveal,
-                      c.max_total_budget, c.kappa, self.inhibition, self.nms_iou, c.tau_fixation_s)
+                      c.max_total_budget, c.kappa, self.inhibition, self.nms_iou, c.tau_fixation_s, confidence)

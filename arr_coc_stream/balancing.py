@@ -2,8 +2,9 @@
 
 - compress / particularize: ``particularize`` weighs structure (propositional) against salience
   (perspectival) in the query-free base map.
-- exploit / explore: ``query_share`` weighs the query coupling against the query-free base when a query is
-  given; the explore share of K is spent in attending, with inhibition of return, never on this map.
+- exploit / explore: a query *lifts* the cells it matches above the query-free base and tempers the rest, never
+  below the relevance floor; the explore share of K is spent in attending, with inhibition of return, never on
+  this map.
 - focus / diversify: ``diversify`` lifts the best cell of every colour/position cluster, so a frame dominated by
   one region still spends tokens on the others.
 """
@@ -16,31 +17,62 @@ from torch import Tensor, nn
 from .channels import idx
 
 
+def query_match(q: Tensor, query_on: Tensor, query_gate: Tensor) -> tuple[Tensor, Tensor]:
+    """The gated query match and how clearly the frame holds the query.
+
+    Args:
+        q: [B, gh, gw] participatory map in [0, 1]. query_on: [B] 1.0 where the stream has a query.
+        query_gate: scalar in [0, 1): a match below it is no match.
+
+    Returns:
+        g [B, gh, gw] = clamp((q - gate) / (1 - gate), 0, 1) (zero without a query); confidence [B]: 1.0 for a
+        stream without a query, else ``P = max(g)``, 0 when the query matches nothing in the frame.
+    """
+    g = torch.clamp((q - query_gate) / (1.0 - query_gate), 0.0, 1.0) * query_on.view(-1, 1, 1)
+    present = g.amax(dim=(1, 2))
+    return g, 1.0 - query_on * (1.0 - present)
+
+
 def balance(
     p: Tensor, s: Tensor, q: Tensor, query_on: Tensor, cluster_onehot: Tensor,
-    particularize: Tensor, query_share: Tensor, diversify: Tensor,
-) -> Tensor:
+    particularize: Tensor, query_share: Tensor, diversify: Tensor, query_gate: Tensor, query_damp: Tensor,
+    floor: float,
+) -> tuple[Tensor, Tensor]:
     """Combine the three maps into one balanced map.
+
+    With ``base = particularize * p + (1 - particularize) * s`` (the query-free map) and the gated match ``g`` and
+    the frame's ``P = max(g)`` of :func:`query_match`::
+
+        rest = base - query_damp * P * (1 - g) * max(base - floor, 0)
+        bal  = rest + query_share * g * (1 - rest)
+
+    so a matched cell rises towards 1 (by ``query_share`` of its headroom) and the unmatched rest is tempered
+    towards ``floor``, never below it, as clearly as the frame holds the query; a query that matches nothing (every
+    ``q`` under the gate) leaves the query-free map exactly as it was.
 
     Args:
         p, s, q: [B, gh, gw] propositional, perspectival, participatory maps in [0, 1].
         query_on: [B] 1.0 where the stream has a query.
         cluster_onehot: [B, N, k] cluster assignment of each cell (N = gh * gw).
-        particularize, query_share, diversify: scalar parameters.
+        particularize, query_share, diversify, query_gate, query_damp: scalar parameters in [0, 1] (query_gate < 1).
+        floor: the relevance floor of the selection, in [0, 1].
 
     Returns:
-        [B, gh, gw] in [0, 1].
+        balanced map [B, gh, gw] in [0, 1]; confidence [B] in [0, 1] (see :func:`query_match`), which scales the
+        foveal budgets.
     """
     bsz, gh, gw = p.shape
     base = particularize * p + (1.0 - particularize) * s
-    share = query_share * query_on.view(-1, 1, 1)
-    bal = share * q + (1.0 - share) * base
+    g, confidence = query_match(q, query_on, query_gate)
+    present = g.amax(dim=(1, 2), keepdim=True)  # [B, 1, 1]
+    rest = base - query_damp * present * (1.0 - g) * torch.clamp(base - floor, min=0.0)
+    bal = rest + query_share * torch.sqrt(g) * (1.0 - rest)
     flat = bal.reshape(bsz, gh * gw, 1)  # [B, N, 1]
     # each cluster's best value, read back per cell: non-members are pushed below any score
     cluster_best = (cluster_onehot * flat + (cluster_onehot - 1.0)).amax(dim=1)  # [B, k]
     cell_best = (cluster_onehot * cluster_best[:, None, :]).sum(dim=-1)  # [B, N]
     is_best = (flat[..., 0] >= cell_best).to(bal.dtype).reshape(bsz, gh, gw)
-    return torch.clamp(bal + diversify * is_best, 0.0, 1.0)
+    return torch.clamp(bal + diversify * is_best, 0.0, 1.0), confidence
 
 
 def cluster_onehot(tex: Tensor, clusters: int) -> Tensor:
@@ -59,14 +91,18 @@ def cluster_onehot(tex: Tensor, clusters: int) -> Tensor:
 class Balancing(nn.Module):
     """Module twin of :func:`balance` with its parameters frozen."""
 
-    def __init__(self, particularize: float, query_share: float, diversify: float, clusters: int) -> None:
+    def __init__(self, particularize: float, query_share: float, diversify: float, query_gate: float,
+                 query_damp: float, floor: float, clusters: int) -> None:
         super().__init__()
         self.particularize = nn.Parameter(torch.tensor(particularize), requires_grad=False)
         self.query_share = nn.Parameter(torch.tensor(query_share), requires_grad=False)
         self.diversify = nn.Parameter(torch.tensor(diversify), requires_grad=False)
+        self.query_gate = nn.Parameter(torch.tensor(query_gate), requires_grad=False)
+        self.query_damp = nn.Parameter(torch.tensor(query_damp), requires_grad=False)
+        self.floor = floor
         self.clusters = clusters
 
-    def forward(self, tex: Tensor, p: Tensor, s: Tensor, q: Tensor, query_on: Tensor) -> Tensor:
-        """[B, C, gh, gw] and three [B, gh, gw] maps, [B] -> [B, gh, gw]."""
-        return balance(p, s, q, query_on, cluster_onehot(tex, self.clusters),
-                       self.particularize, self.query_share, self.diversify)
+    def forward(self, tex: Tensor, p: Tensor, s: Tensor, q: Tensor, query_on: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, C, gh, gw] and three [B, gh, gw] maps, [B] -> [B, gh, gw] map and [B] confidence."""
+        return balance(p, s, q, query_on, cluster_onehot(tex, self.clusters), self.particularize, self.query_share,
+                       self.diversify, self.query_gate, self.query_damp, self.floor)

@@ -92,7 +92,7 @@ def recall_table(clip_model: str | None = None) -> list[list[Any]]:
     from . import synth
 
     cases: list[tuple[str, Callable[[], Any], str, str]] = [
-        ("red ball on 'coffee'", lambda: synth.moving_object("red", photo="coffee"), "red", "a red ball"),
+        ("red ball on 'chelsea'", lambda: synth.moving_object("red", photo="chelsea"), "red", "a red ball"),
         ("blue ball on 'astronaut'", lambda: synth.moving_object("blue", photo="astronaut"), "blue", "a blue ball"),
         ("text patch on 'astronaut'", lambda: synth.text_region(), "text", "printed text"),
     ]

@@ -6,7 +6,8 @@ array. The readers are checked by ``tests/test_graph.py``, which perturbs each c
 outputs move:
 
 - ``propositional``, ``perspectival``: the knowing stage's query-free scorers;
-- ``participatory``: the query head's scorer (the attributes head reads the channels its words weigh);
+- ``participatory``: the query head's scorer (the attributes head reads the channels its text, motion and position
+  words weigh; its colour words read the frame's pixels, not a channel);
 - ``clustering``: the k-means that writes the cluster channels (colour, and clip_* when the head supplies them);
 - ``balancing``: the focus/diversify bonus per cluster;
 - ``realizing.post``: the blend with the cached relevance and the motion boost;
@@ -34,9 +35,9 @@ class Channel:
 
 
 _SPECS: list[tuple[str, float, float, tuple[str, ...], str]] = [
-    ("r", 0, 1, ("participatory", "clustering"), "cell mean red"),
-    ("g", 0, 1, ("participatory", "clustering"), "cell mean green"),
-    ("b", 0, 1, ("participatory", "clustering"), "cell mean blue"),
+    ("r", 0, 1, ("clustering",), "cell mean red"),
+    ("g", 0, 1, ("clustering",), "cell mean green"),
+    ("b", 0, 1, ("clustering",), "cell mean blue"),
     ("edge", 0, 1, ("propositional",), "Sobel magnitude of luminance, cell mean, tanh scale (edge_distance grows "
                                        "from it)"),
     ("stroke", 0, 1, ("propositional", "participatory"),
@@ -58,8 +59,6 @@ _SPECS: list[tuple[str, float, float, tuple[str, ...], str]] = [
     *[(f"clip_{i}", -1, 1, ("clustering",), f"dense CLIP feature on basis direction {i}; zeros without CLIP")
       for i in range(16)],
     ("edge_distance", 0, 1, ("propositional",), "distance to the nearest strong-edge cell / grid diagonal"),
-    ("lab_a", 0, 1, ("participatory",), "a* of the cell mean colour, (a + 128) / 255"),
-    ("lab_b", 0, 1, ("participatory",), "b* of the cell mean colour, (b + 128) / 255"),
     ("text", 0, 1, ("participatory",), "stroke density with mixed edge orientations"),
 ]
 

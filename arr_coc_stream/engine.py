@@ -174,7 +174,7 @@ class Engine:
             boxes=cell_boxes(res["indices"], self.config.grid, size),
             windows=cells_to_pixels(res["boxes"], self.config.grid, size),
             cut=bool(res["cut"]), scene_score=float(res["scene_score"]), motion=float(res["motion"]),
-            query_terms=self.query.terms, timings=timings, reset=bool(reset or res["cut"]), source_size=size,
+            query_terms=self.query.terms, query_ignored=self.query.ignored, timings=timings, reset=bool(reset or res["cut"]), source_size=size,
             keyframe=keyframe,
         )
 

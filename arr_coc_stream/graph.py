@@ -47,8 +47,12 @@ def graph_spec(config: EngineConfig, head: QueryHead) -> GraphSpec:
         StateSpec("relevance", (gh, gw), "float32", "cached unboosted relevance in [0, 1]"),
         StateSpec("saliency", (gh, gw), "float32", "previous saliency in [0, 1]"),
         StateSpec("fixation", (gh, gw), "float32", "EMA of past selections in [0, 1]"),
-        StateSpec("cut_feat", (realizing.CUT_FEATURES,), "float32", "previous frame's cut statistics"),
-        StateSpec("cut_mean", (), "float32", "running mean of frame-to-frame change"),
+        StateSpec("cut_feat", (realizing.CUT_HISTORY, realizing.CUT_FEATURES), "float32",
+                  "cut layout statistics of the last frames, newest first"),
+        StateSpec("cut_luma", (realizing.CUT_HISTORY, h // realizing.FLOW_DOWNSCALE, w // realizing.FLOW_DOWNSCALE),
+                  "float32", "low-resolution luminance of the last frames in [0, 1], newest first"),
+        StateSpec("cut_motion", (2,), "float32", "previous frame's global content motion (x, y), low-res px/frame"),
+        StateSpec("cut_mean", (), "float32", "running mean of the cut detector's change"),
         StateSpec("since_reset", (), "float32", "seconds since the last reset or cut"),
         *head.states(),
     )
@@ -102,7 +106,8 @@ class FrameGraph(nn.Module):
         self.texture = Texture(config.grid, config.cell_px, config.clusters)
         self.scorer = head.scorer()
         self.knowing = Knowing(p["saliency_memory"], p["foveal_falloff"])
-        self.balancing = Balancing(p["particularize"], p["query_share"], p["diversify"], config.clusters)
+        self.balancing = Balancing(p["particularize"], p["query_share"], p["diversify"], p["query_gate"],
+                                   p["query_damp"], config.relevance_floor, config.clusters)
         self.attending = Attending(config)
         if config.input_mode == "full":
             (h, w), (fh, fw) = config.work_size, config.frame_shape
@@ -137,9 +142,9 @@ class FrameGraph(nn.Module):
             small = F.avg_pool2d(luma, realizing.FLOW_DOWNSCALE)
             prev_small = F.avg_pool2d(x["luma_in"], realizing.FLOW_DOWNSCALE)
             feat = realizing.cut_features(small, rgb)
-            score, cut, cut_mean, since = realizing.detect_cut(
-                feat, x["cut_feat_in"], x["cut_mean_in"], x["since_reset_in"], dt, reset, cfg.cut_threshold,
-                cfg.min_scene_len_s)
+            score, cut, cut_feat, cut_luma, cut_mean, since = realizing.detect_cut(
+                feat, small, x["cut_feat_in"], x["cut_luma_in"], x["cut_motion_in"], x["cut_mean_in"],
+                x["since_reset_in"], dt, reset, cfg.cut_threshold, cfg.min_scene_len_s)
             fresh = reset | cut
             keep = (~fresh).to(luma.dtype)
             flow = realizing.coarse_flow(small, prev_small, cfg.grid, cfg.flow_radius) * keep.view(-1, 1, 1, 1)
@@ -158,17 +163,17 @@ class FrameGraph(nn.Module):
                              tex[:, idx("prev_saliency") + 1:]], dim=1)
 
         with _timed(timings, "knowing"):
-            match, query_on = self.scorer(tex, x, prepared)
+            match, query_on = self.scorer(tex, rgb, x, prepared)
             p, s, q = self.knowing(tex, match, query_on)
 
         with _timed(timings, "balancing"):
-            bal = self.balancing(tex, p, s, q, query_on)
+            bal, confidence = self.balancing(tex, p, s, q, query_on)
 
         with _timed(timings, "realizing.post"):
             cache, relevance = realizing.blend(tex, valid, bal[:, None], dt, cfg.tau_relevance_s, cfg.motion_boost)
 
         with _timed(timings, "attending"):
-            picked = self.attending(relevance[:, 0], tex, dt)
+            picked = self.attending(relevance[:, 0], tex, dt, confidence)
 
         mean_motion = tex[:, idx("motion")].mean(dim=(1, 2))
         out = {
@@ -176,7 +181,10 @@ class FrameGraph(nn.Module):
             "valid": picked["valid"], "budgets": picked["budgets"], "lod": picked["lod"], "boxes": picked["boxes"],
             "scene_score": score, "cut": cut, "motion": mean_motion,
             "luma_out": luma, "relevance_out": cache[:, 0], "saliency_out": sal, "fixation_out": picked["fixation"],
-            "cut_feat_out": feat, "cut_mean_out": cut_mean, "since_reset_out": since,
+            "cut_feat_out": cut_feat, "cut_luma_out": cut_luma,
+            "cut_motion_out": realizing.next_motion(x["cut_motion_in"], flow, small.shape[-2:], fresh),
+            "cut_mean_out": cut_mean,
+            "since_reset_out": since,
         }
         out.update({f"{name}_out": t for name, t in self.scorer.next_state(x, prepared, dt, mean_motion).items()})
         return out

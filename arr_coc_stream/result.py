@@ -36,7 +36,9 @@ class FrameResult:
         cut: a scene cut starts at this frame.
         scene_score: cut detector score in [0, 1].
         motion: mean motion channel over the grid, in [0, 1].
-        query_terms: words of the query the encoder used.
+        query_terms: words of the query the encoder used (understood).
+        query_ignored: words of the query the encoder could not use (stop-words aside); see
+            :class:`~arr_coc_stream.query.QueryWarning`.
         timings: milliseconds per stage.
         reset: the temporal state started over at this frame (first frame, gap, resolution change, cut).
         source_size: (H, W) of the source frame.
@@ -61,6 +63,7 @@ class FrameResult:
     scene_score: float
     motion: float
     query_terms: tuple[str, ...] = ()
+    query_ignored: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     reset: bool = False
     source_size: tuple[int, int] = (0, 0)
@@ -172,6 +175,7 @@ class FrameResult:
                   "windows": self.windows.tolist()},
             "relevance": np.round(self.relevance, 4).tolist(),
             "query_terms": list(self.query_terms),
+            "query_ignored": list(self.query_ignored),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "gap": round(self.gap, 6),
             "dropped": self.dropped,
@@ -193,7 +197,7 @@ class FrameResult:
             boxes=cell_boxes(indices, grid, size),  # type: ignore[arg-type]
             windows=np.asarray(k["windows"], dtype=np.int32).reshape(-1, 4),
             cut=d["cut"], scene_score=d["scene_score"], motion=d["motion"],
-            query_terms=tuple(d["query_terms"]), timings=dict(d["timings"]), reset=d["reset"],
+            query_terms=tuple(d["query_terms"]), query_ignored=tuple(d.get("query_ignored", ())), timings=dict(d["timings"]), reset=d["reset"],
             source_size=size,  # type: ignore[arg-type]
             gap=d.get("gap", 0.0), dropped=d.get("dropped", 0),  # absent from files of the first writer
             keyframe=d.get("keyframe"),

@@ -156,31 +156,6 @@ def saliency_map(rgb: Tensor, cell_px: int) -> Tensor:
     return torch.tanh(total / SALIENCY_SCALE)
 
 
-def lab_ab(rgb_cells: Tensor) -> Tensor:
-    """a*, b* (CIE Lab, D65) of sRGB cell means, scaled to (v + 128) / 255.
-
-    Converting cell means instead of pixels costs 0.25 ms instead of 3 ms (DESIGN.md section 12).
-
-    Args:
-        rgb_cells: [B, 3, gh, gw] in [0, 1].
-
-    Returns:
-        [B, 2, gh, gw] in [0, 1].
-    """
-    c = torch.clamp(rgb_cells, 0.0, 1.0)
-    lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    m = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
-                      [0.2126729, 0.7151522, 0.0721750],
-                      [0.0193339, 0.1191920, 0.9503041]], dtype=c.dtype, device=c.device)
-    xyz = (m @ lin.flatten(2)).view_as(lin)  # [B, 3, gh, gw]
-    white = torch.tensor([0.95047, 1.0, 1.08883], dtype=c.dtype, device=c.device).view(1, 3, 1, 1)
-    t = xyz / white
-    f = torch.where(t > 0.008856, torch.clamp(t, min=0.008856) ** (1.0 / 3.0), 7.787 * t + 16.0 / 116.0)
-    a = 500.0 * (f[:, 0:1] - f[:, 1:2])
-    bb = 200.0 * (f[:, 1:2] - f[:, 2:3])
-    return torch.clamp((torch.cat([a, bb], dim=1) + 128.0) / 255.0, 0.0, 1.0)
-
-
 def edge_distance(edge: Tensor) -> Tensor:
     """Chessboard distance (in cells) to the nearest strong-edge cell, over the grid diagonal.
 
@@ -290,7 +265,6 @@ def texture(
     px = torch.cat([rgb, torch.sqrt(gx * gx + gy * gy), stroke_px, der[:, 2:3].abs(), luma, luma * luma,
                     gx * gx, gy * gy, gx * gy], dim=1)  # [B, 12, H, W]
     cells = to_grid(px, cell_px)  # [B, 12, gh, gw]
-    rgb_cells = cells[:, 0:3]
     out["r"], out["g"], out["b"] = cells[:, 0:1], cells[:, 1:2], cells[:, 2:3]
     out["edge"] = torch.tanh(cells[:, 3:4] / EDGE_SCALE)
     stroke = torch.tanh(STROKE_DENSITY * cells[:, 4:5])
@@ -311,8 +285,6 @@ def texture(
         out[name] = zeros if head_channels is None else head_channels[:, i:i + 1]
     out.update(cluster_channels(out, pos.to(rgb), clusters, with_clip=head_channels is not None))
     out["edge_distance"] = edge_distance(out["edge"])
-    ab = lab_ab(rgb_cells)
-    out["lab_a"], out["lab_b"] = ab[:, 0:1], ab[:, 1:2]
 
     # Text is many short strokes in several directions: structure-tensor coherence is low where gradient
     # orientations mix (letters) and high on parallel lines (stripes, folds, a single edge). Both are judged

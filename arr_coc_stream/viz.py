@@ -132,6 +132,7 @@ def _legend(img: np.ndarray, font: float, line: int) -> None:
     bar_w = max(40, w // 8)
     x, y = 0, h - box_h
     x += _text(img, "relevance 0", (x, y), scale, TEXT_RGB)[0]
+    bar_w = max(0, min(bar_w, w - x))  # a frame narrower than the key: the bar is cut, never overruns
     img[y:h, x:x + bar_w] = _heat(np.linspace(0.0, 1.0, bar_w))[None]  # [1, bar_w, 3] broadcast down
     x += bar_w
     x += _text(img, "1", (x, y), scale, TEXT_RGB)[0] + 4 * line

@@ -6,10 +6,11 @@ written to the ``cluster_id`` channel of a zero texture. Each test checks one op
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
-from arr_coc_stream.balancing import Balancing, balance, cluster_onehot
+from arr_coc_stream.balancing import Balancing, balance, cluster_onehot, query_match
 from arr_coc_stream.channels import NUM_CHANNELS, idx
 
 GH = GW = 4
@@ -41,10 +42,11 @@ def _onehot(ids: Tensor) -> Tensor:
 
 
 def _balance(p: Tensor, s: Tensor, q: Tensor, query_on: list[float], ids: Tensor | None = None,
-             particularize: float = 0.5, query_share: float = 0.75, diversify: float = 0.0) -> Tensor:
+             particularize: float = 0.5, query_share: float = 0.75, diversify: float = 0.0, gate: float = 0.25,
+             damp: float = 0.5, floor: float = 0.3) -> Tensor:
     onehot = _onehot(_quadrant_ids(p.shape[0]) if ids is None else ids)
     return balance(p, s, q, torch.tensor(query_on), onehot, torch.tensor(particularize),
-                   torch.tensor(query_share), torch.tensor(diversify))
+                   torch.tensor(query_share), torch.tensor(diversify), torch.tensor(gate), torch.tensor(damp), floor)[0]
 
 
 def test_without_query_q_is_ignored() -> None:
@@ -56,20 +58,53 @@ def test_without_query_q_is_ignored() -> None:
     assert torch.equal(a[1], c[1]) and not torch.equal(a[0], c[0])
 
 
-def test_query_raises_a_cell_by_its_share() -> None:
-    p, s, q = _maps(1, scale=0.5)
+def test_query_lifts_matched_cells_by_their_share_of_headroom() -> None:
+    p, s, _ = _maps(1)
+    base = _balance(p, s, torch.zeros_like(p), [0.0, 0.0])
+    q = torch.zeros_like(p)
+    q[:, 1, 2] = 1.0
     for share in (0.25, 0.75):
-        before = _balance(p, s, q, [1.0, 1.0], query_share=share)
-        raised = q.clone()
-        raised[:, 1, 2] += 0.4
-        after = _balance(p, s, raised, [1.0, 1.0], query_share=share)
-        delta = after - before
-        assert torch.allclose(delta[:, 1, 2], torch.full((2,), share * 0.4), atol=1e-6)
-        delta[:, 1, 2] = 0.0
-        assert torch.all(delta == 0.0)
-    base = _balance(p, s, q, [0.0, 0.0])
-    full = _balance(p, s, q, [1.0, 1.0], query_share=1.0)
-    assert torch.allclose(full, q) and torch.allclose(_balance(p, s, q, [1.0, 1.0], query_share=0.0), base)
+        out = _balance(p, s, q, [1.0, 1.0], query_share=share)
+        assert torch.allclose(out[:, 1, 2], base[:, 1, 2] + share * (1.0 - base[:, 1, 2]), atol=1e-6)
+    # a partial match lifts by the square root of the gated share, g = (q - gate) / (1 - gate) (no tempering:
+    # damp=0): faint but real matches rise above the unmatched rest
+    q[:, 1, 2] = 0.5  # g = 1/3
+    out = _balance(p, s, q, [1.0, 1.0], query_share=0.75, gate=0.25, damp=0.0)
+    assert torch.allclose(out[:, 1, 2], base[:, 1, 2] + 0.75 * (1 / 3) ** 0.5 * (1.0 - base[:, 1, 2]), atol=1e-6)
+
+
+def test_query_match_and_confidence() -> None:
+    q = torch.zeros(3, GH, GW)
+    q[0, 1, 1] = 0.625  # gate 0.25: g = 0.5
+    q[1] = 0.2  # under the gate everywhere: no match
+    g, confidence = query_match(q, torch.tensor([1.0, 1.0, 0.0]), torch.tensor(0.25))
+    assert torch.allclose(g[0, 1, 1], torch.tensor(0.5)) and float(g[0].sum()) == pytest.approx(0.5)
+    assert torch.all(g[1:] == 0.0)
+    assert confidence.tolist() == pytest.approx([0.5, 0.0, 1.0])  # the stream without a query keeps full budgets
+
+
+def test_a_query_matching_nothing_leaves_the_map_exactly() -> None:
+    p, s, q = _maps(8)
+    base = _balance(p, s, q, [0.0, 0.0], diversify=0.1)
+    weak = 0.25 * q  # every cell under the gate
+    assert torch.equal(_balance(p, s, weak, [1.0, 1.0], diversify=0.1), base)
+
+
+def test_the_rest_is_tempered_towards_the_floor_never_below() -> None:
+    p, s, _ = _maps(9)
+    floor = 0.3
+    base = _balance(p, s, torch.zeros_like(p), [0.0, 0.0], floor=floor)
+    q = torch.zeros_like(p)
+    q[:, 0, 0] = 1.0  # the query is present: one full match
+    out = _balance(p, s, q, [1.0, 1.0], damp=0.5, floor=floor)
+    rest = torch.ones_like(p, dtype=torch.bool)
+    rest[:, 0, 0] = False
+    above = rest & (base > floor)
+    assert torch.allclose(out[above], base[above] - 0.5 * (base[above] - floor), atol=1e-6)
+    assert torch.all(out[above] >= floor) and torch.equal(out[rest & ~above], base[rest & ~above])
+    assert torch.all(out[:, 0, 0] > base[:, 0, 0])
+    # without damping the rest is untouched
+    assert torch.equal(_balance(p, s, q, [1.0, 1.0], damp=0.0, floor=floor)[rest], base[rest])
 
 
 def test_particularize_weighs_structure_against_salience() -> None:
@@ -129,10 +164,13 @@ def test_balancing_module_matches_function() -> None:
     tex = _texture(ids)
     p, s, q = _maps(7)
     query_on = torch.tensor([1.0, 0.0])
-    module = Balancing(particularize=0.3, query_share=0.6, diversify=0.2, clusters=K)
+    module = Balancing(particularize=0.3, query_share=0.6, diversify=0.2, query_gate=0.2, query_damp=0.4,
+                       floor=0.35, clusters=K)
     expected = balance(p, s, q, query_on, cluster_onehot(tex, K), torch.tensor(0.3), torch.tensor(0.6),
-                       torch.tensor(0.2))
-    assert torch.equal(module(tex, p, s, q, query_on), expected)
+                       torch.tensor(0.2), torch.tensor(0.2), torch.tensor(0.4), 0.35)
+    out, confidence = module(tex, p, s, q, query_on)
+    assert torch.equal(out, expected[0]) and torch.equal(confidence, expected[1])
+    expected = expected[0]
     assert torch.allclose(expected, _balance(p, s, q, [1.0, 0.0], ids=ids, particularize=0.3, query_share=0.6,
-                                             diversify=0.2))
+                                             diversify=0.2, gate=0.2, damp=0.4, floor=0.35))
     assert not any(param.requires_grad for param in module.parameters())

@@ -27,7 +27,7 @@ from arr_coc_stream.errors import ConfigError, ModelError, QueryError
 from arr_coc_stream.export import ExportedModel, export_onnx
 from arr_coc_stream.graph import graph_spec
 from arr_coc_stream.model_file import read_model
-from arr_coc_stream.query import ClipHead
+from arr_coc_stream.query import ClipHead, QueryWarning
 from arr_coc_stream.query.clip_model import ClipModel, load_clip, save_random_clip
 from arr_coc_stream.sources import open_source
 
@@ -288,8 +288,11 @@ def test_set_query_and_jsonl(tiny_clip: Path, tmp_path: Path) -> None:
     assert engine.query.terms == ("the sky",) and not np.allclose(engine.query.embedding, first)
     engine.set_query(None)
     assert not engine.query.has_query and engine.process(clip.frames[0]).scores.shape == (200,)
-    with pytest.raises(QueryError):
+    with pytest.warns(QueryWarning, match="empty query"):
         engine.set_query("  ")
+    assert not engine.query.has_query
+    with pytest.raises(QueryError, match="int"):
+        engine.set_query(3)
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 import arr_coc_stream as acs
 from arr_coc_stream import channels, synth
 from arr_coc_stream.backends import OnnxRuntimeRunner
-from arr_coc_stream.config import EngineConfig
+from arr_coc_stream.config import DEFAULT_PARAMS, EngineConfig
 from arr_coc_stream.export import ExportedModel, default_name
 from arr_coc_stream.graph import FrameGraph
 from arr_coc_stream.model_file import read_model
@@ -102,7 +102,7 @@ def test_metadata_in_the_file_and_beside_it(exported: ExportedModel) -> None:
     assert meta["grid"] == [32, 32] and meta["k"] == 200 and meta["input_mode"] == "work"
     assert meta["frame_size"] == [256, 256] and meta["opset"] == 18 and meta["precision"] == "fp32"
     assert meta["channels"] == channels.registry() and meta["version"] == acs.__version__
-    assert meta["parameters"]["balancing.query_share"] == pytest.approx(0.75)
+    assert meta["parameters"]["balancing.query_share"] == pytest.approx(DEFAULT_PARAMS["query_share"])
     assert {"arr_coc_stream", "torch", "onnx", "onnxscript"} <= set(meta["versions"])
     assert meta["tensorrt_check"]["ok"]
 

@@ -111,7 +111,8 @@ def test_overlay_video_frame_shows_the_selection(bikes_run: dict) -> None:
         edge[:40], edge[-40:] = False, False  # banner and legend
         assert edge.sum() > 20
         cyan_ness = img[..., 1:].mean(axis=-1).astype(float) - img[..., 0]  # (G + B) / 2 - R
-        assert np.median(cyan_ness[edge]) > 80, f"frame {i}: outline pixels are not cyan"
+        # 50: with a query the selection fills K (200 cells), so outlines run side by side over hot (red) heat
+        assert np.median(cyan_ness[edge]) > 50, f"frame {i}: outline pixels are not cyan"
         assert np.median(cyan_ness[~edge]) < 20
 
 

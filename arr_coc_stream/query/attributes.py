@@ -1,22 +1,26 @@
 """The ``attributes`` query head (offline default): colour, text, motion and position words.
 
-The head turns a query into per-channel Gaussian weights and targets, ``query_weights [C]`` and
-``query_targets [C]`` (C channels, see :mod:`arr_coc_stream.channels`), and its scorer matches a cell with
-texture vector ``x`` as::
+The head turns a query into three inputs: ``query_colour [COLOUR_BINS]``, the membership of every quantised RGB
+colour in the query's colour words (:mod:`arr_coc_stream.query.colours`: calibrated on human colour naming, in
+CIELAB), and per-channel Gaussian weights and targets ``query_weights [C]``, ``query_targets [C]`` for the other
+words (C channels, see :mod:`arr_coc_stream.channels`). Its scorer matches a cell with texture vector ``x`` as::
 
-    match(cell) = exp(-sum_c weights[c] * (x[c] - targets[c]) ** 2)
+    match(cell) = colour(cell) * exp(-sum_c weights[c] * (x[c] - targets[c]) ** 2)
 
-and a stream has a query iff ``sum(weights) > 0``. It understands four word families and nothing else. Its
-limits, plainly:
+where ``colour(cell)`` is ``min(1, share / 0.75)`` of the mean membership of the cell's pixels (``share``, the share of
+the cell that is the colour: a cell three quarters covered is a full match; 1 for a query without colour words), and a stream has a query iff it has a colour word or ``sum(weights) > 0``. It
+understands four word families and nothing else. Its limits, plainly:
 
-- **No nouns or objects.** "the red car" is read as "red"; "car" lands in :attr:`EncodedQuery.ignored`.
-- **Colours** are the 148 CSS4 names, also written in parts ("dark red", "light goldenrod yellow") when the
-  joined words are a CSS4 name. "navy blue" is *not* one name: it reads as "navy" and a second colour "blue".
-  Nouns that are CSS4 names (orange, tomato, salmon, chocolate, snow...) are read as colours.
-- **One colour per query**: a Gaussian has one centre, so the first colour wins and later ones go to
-  ``ignored`` ("red or blue" cannot be expressed).
-- **AND semantics**: all recognised terms multiply ("red text on the left" wants cells that are red *and*
-  text-like *and* on the left). Negation and "or" are not understood ("not red" still means red).
+- **No nouns or objects.** "the red car" is read as "red"; "car" lands in :attr:`EncodedQuery.ignored`, with a
+  :class:`~arr_coc_stream.query.QueryWarning` that points to the clip head.
+- **Colours**: the basic words (red, orange, yellow, green, blue, purple, pink, brown, white, grey/gray, black,
+  and "-ish" forms), every CSS4 name, every multi-word XKCD survey name ("dark green", "sky blue", "orange-red",
+  "navy blue") and the single XKCD names that head others ("teal", "lime", "maroon"). Single survey names that are
+  mostly nouns ("sky", "grass", "dirt") are not colours here. Several colours are OR-ed ("red or blue", "red and
+  white" both want cells of either colour).
+- **AND semantics across families**: colour, text, motion and position terms multiply ("red text on the left"
+  wants cells that are red *and* text-like *and* on the left). Negation is not understood ("not red" still means
+  red).
 - Text words ask for text-like texture, not for a particular string; motion words ask for moving cells, not a
   kind of motion; position words split the frame in halves/centre, not finer.
 - Within a channel the first term wins: a later term asking for a different target on the same channel
@@ -29,48 +33,50 @@ guess.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Mapping
-from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..channels import CHANNELS, NUM_CHANNELS
 from ..errors import QueryError
 from ..spec import TensorSpec
 from .base import EncodedQuery, QueryHead, QueryScorer, QueryWarning, check_text
+from .colours import COLOUR_BINS, COLOUR_LEVELS, colour_term, membership
 
 # Weights of the attribute encoder; read at encode time, so the engine may tune them.
-COLOUR_AB_WEIGHT = 40.0       # per channel, lab_a and lab_b, chromatic colours
-COLOUR_RGB_WEIGHT = 3.0       # per channel, r g b, chromatic colours
-ACHROMATIC_AB_WEIGHT = 10.0   # lab_a/lab_b weight for colours with chroma C* < ACHROMATIC_CHROMA
-ACHROMATIC_RGB_WEIGHT = 12.0  # r/g/b weight for those: separates white, grey and black (same a*, b*)
-ACHROMATIC_CHROMA = 10.0
 TEXT_WEIGHT = 6.0             # on `text`
 STROKE_WEIGHT = 1.0           # on `stroke`, with every text word
 MOTION_WEIGHT = 4.0           # on `motion`
 POSITION_WEIGHT = 3.0         # on `pos_x` / `pos_y`
+# A cell at least this share covered by the colour is a full colour match (a cell mostly the colour is the
+# colour; below that the share keeps cells in order): the match is min(1, share / COLOUR_FULL_SHARE).
+COLOUR_FULL_SHARE = 0.75
 CENTRE_WEIGHT = 3.0           # on `eccentricity` (target 0) for centre/center/middle alone
+_INPUTS = ("query_weights", "query_targets", "query_colour")
 
 
 class AttributeQuery(EncodedQuery):
     """An :class:`EncodedQuery` of the attributes head: ``query_weights`` and ``query_targets``, [C] float32 each,
-    indexed by the channel registry; weights >= 0, targets inside each channel's declared range."""
+    indexed by the channel registry (weights >= 0, targets inside each channel's declared range), and
+    ``query_colour`` [COLOUR_BINS] float32 in [0, 1] (all zeros without a colour word)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("query_weights", "query_targets"):
+        shapes = {"query_weights": (NUM_CHANNELS,), "query_targets": (NUM_CHANNELS,), "query_colour": (COLOUR_BINS,)}
+        for name, shape in shapes.items():
             value = self.tensors.get(name)
-            if value is None or value.shape != (NUM_CHANNELS,):
-                raise QueryError(f"AttributeQuery.{name} must have shape ({NUM_CHANNELS},), got "
+            if value is None or value.shape != shape:
+                raise QueryError(f"AttributeQuery.{name} must have shape {shape}, got "
                                  f"{None if value is None else value.shape}")
         if np.any(self.weights < 0):
             raise QueryError(f"AttributeQuery.query_weights must be >= 0, got min {float(self.weights.min())}")
+        if np.any((self.colour < 0) | (self.colour > 1)):
+            raise QueryError("AttributeQuery.query_colour must be in [0, 1]")
 
     @property
     def weights(self) -> np.ndarray:
@@ -80,84 +86,76 @@ class AttributeQuery(EncodedQuery):
     def targets(self) -> np.ndarray:
         return self.tensors["query_targets"]
 
+    @property
+    def colour(self) -> np.ndarray:
+        return self.tensors["query_colour"]
+
     @classmethod
-    def make(cls, text: str | None, weights: np.ndarray, targets: np.ndarray, terms: tuple[str, ...] = (),
-             ignored: tuple[str, ...] = ()) -> AttributeQuery:
-        return cls(text, {"query_weights": weights, "query_targets": targets}, terms, ignored)
+    def make(cls, text: str | None, weights: np.ndarray, targets: np.ndarray, colour: np.ndarray | None = None,
+             terms: tuple[str, ...] = (), ignored: tuple[str, ...] = ()) -> AttributeQuery:
+        colour = np.zeros(COLOUR_BINS, dtype=np.float32) if colour is None else colour
+        return cls(text, {"query_weights": weights, "query_targets": targets, "query_colour": colour}, terms, ignored)
 
     @classmethod
     def query_free(cls, text: str | None = None, ignored: tuple[str, ...] = ()) -> AttributeQuery:
         """An all-zero query: the graph computes relevance without query coupling."""
         zeros = np.zeros(NUM_CHANNELS, dtype=np.float32)
-        return cls.make(text, zeros, zeros, (), ignored)
+        return cls.make(text, zeros, zeros, None, (), ignored)
 
 
 def gaussian_match(tex: Tensor, query_weights: Tensor, query_targets: Tensor) -> Tensor:
-    """The attributes head's match: a product of Gaussians over the channels the query weighs.
+    """The match of the channel terms (text, motion, position): a product of Gaussians over the weighed channels.
 
     Args:
         tex: [B, C, gh, gw] texture. query_weights, query_targets: [B, C].
 
     Returns:
-        [B, gh, gw] in [0, 1] (1 everywhere for a stream without a query: see :func:`has_query`).
+        [B, gh, gw] in [0, 1] (1 everywhere for a stream without channel terms).
     """
     w = query_weights[:, :, None, None]
     t = query_targets[:, :, None, None]
     return torch.exp(-(w * (tex - t) ** 2).sum(dim=1))
 
 
-def has_query(query_weights: Tensor) -> Tensor:
-    """1.0 for streams with a query, 0.0 without. [B, C] -> [B]."""
-    return (query_weights.sum(dim=1) > 0).to(query_weights.dtype)
+def colour_match(rgb: Tensor, query_colour: Tensor, cell_px: int) -> Tensor:
+    """Share of each cell's pixels that are the query's colour: the membership table gathered per pixel, averaged
+    per cell. A static Gather plus an average pool, so it exports to ONNX and TensorRT.
+
+    Args:
+        rgb: [B, 3, H, W] in [0, 1]. query_colour: [B, COLOUR_BINS] in [0, 1] (see
+            :func:`arr_coc_stream.query.colours.colour_index` for the order). cell_px: pixels per cell side.
+
+    Returns:
+        [B, H / cell_px, W / cell_px] in [0, 1].
+    """
+    q = torch.clamp(torch.floor(rgb * COLOUR_LEVELS), 0, COLOUR_LEVELS - 1).to(torch.int64)  # [B, 3, H, W]
+    index = (q[:, 0] * COLOUR_LEVELS + q[:, 1]) * COLOUR_LEVELS + q[:, 2]  # [B, H, W]
+    member = torch.gather(query_colour, 1, index.flatten(1)).view(index.shape)
+    return F.avg_pool2d(member[:, None], cell_px)[:, 0]
+
+
+def has_colour(query_colour: Tensor) -> Tensor:
+    """1.0 for streams whose query names a colour, else 0.0. [B, COLOUR_BINS] -> [B]."""
+    return (query_colour.amax(dim=1) > 0).to(query_colour.dtype)
+
+
+def has_query(query_weights: Tensor, query_colour: Tensor) -> Tensor:
+    """1.0 for streams with a query (a colour word or a channel term), 0.0 without. [B, C], [B, COLOUR_BINS] -> [B]."""
+    return torch.maximum((query_weights.sum(dim=1) > 0).to(query_weights.dtype), has_colour(query_colour))
 
 
 class AttributeScorer(QueryScorer):
-    """The attributes head in the graph: :func:`gaussian_match` over the whole texture."""
+    """The attributes head in the graph: :func:`colour_match` times :func:`gaussian_match`."""
 
-    def forward(self, tex: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+    def forward(self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
                 ) -> tuple[Tensor, Tensor]:
-        return gaussian_match(tex, inputs["query_weights"], inputs["query_targets"]), has_query(inputs["query_weights"])
-
-
-# ---------------------------------------------------------------------------------------------- colour
-_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                         [0.2126729, 0.7151522, 0.0721750],
-                         [0.0193339, 0.1191920, 0.9503041]])
-_WHITE_D65 = _SRGB_TO_XYZ.sum(axis=1)  # (0.95047, 1.0, 1.08883): sRGB white maps to exactly a* = b* = 0
-
-
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """Convert gamma-encoded sRGB in [0, 1] to CIE Lab (D65, 2 degree observer).
-
-    Shape:
-        ``rgb [..., 3]`` -> ``lab [..., 3]`` (float64; L in [0, 100], a and b roughly [-128, 127]).
-    """
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.shape[-1:] != (3,):
-        raise QueryError(f"srgb_to_lab expects a trailing axis of 3, got shape {rgb.shape}")
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _WHITE_D65  # [..., 3], white -> (1, 1, 1)
-    delta = 6.0 / 29.0
-    f = np.where(xyz > delta ** 3, np.cbrt(xyz), xyz / (3 * delta ** 2) + 4.0 / 29.0)
-    L = 116.0 * f[..., 1] - 16.0
-    a = 500.0 * (f[..., 0] - f[..., 1])
-    b = 200.0 * (f[..., 1] - f[..., 2])
-    return np.stack([L, a, b], axis=-1)
-
-
-@lru_cache(maxsize=1)
-def _css4_table() -> dict[str, str]:
-    text = resources.files("arr_coc_stream").joinpath("data/css4_colors.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-def css4_colours() -> dict[str, str]:
-    """The CSS4 colour table shipped with the package: name -> ``"#rrggbb"`` (148 names)."""
-    return dict(_css4_table())
-
-
-def _hex_to_rgb(hex_code: str) -> np.ndarray:
-    return np.array([int(hex_code[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64) / 255.0
+        colour = inputs["query_colour"]
+        on = has_colour(colour)[:, None, None]
+        cell_px = rgb.shape[-1] // tex.shape[-1]
+        share = torch.clamp(colour_match(rgb, colour, cell_px) / COLOUR_FULL_SHARE, 0.0, 1.0)
+        match = (on * share + (1.0 - on)) \
+            * gaussian_match(tex, inputs["query_weights"], inputs["query_targets"])
+        return match, has_query(inputs["query_weights"], colour)
 
 
 # ---------------------------------------------------------------------------------------------- words
@@ -197,7 +195,9 @@ class AttributesHead(QueryHead):
     """Offline query head for colour, text, motion and position words (limits: see the module docstring).
 
     Example:
-        >>> q = AttributesHead().encode("where is the red car?")
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True):
+        ...     q = AttributesHead().encode("where is the red car?")
         >>> q.terms, q.ignored
         (('red',), ('car',))
     """
@@ -206,18 +206,20 @@ class AttributesHead(QueryHead):
 
     def query_inputs(self) -> tuple[TensorSpec, ...]:
         return (TensorSpec("query_weights", (NUM_CHANNELS,), "float32", "Gaussian weight per channel, >= 0"),
-                TensorSpec("query_targets", (NUM_CHANNELS,), "float32", "Gaussian centre per channel"))
+                TensorSpec("query_targets", (NUM_CHANNELS,), "float32", "Gaussian centre per channel"),
+                TensorSpec("query_colour", (COLOUR_BINS,), "float32",
+                           "membership of each quantised RGB colour in the query's colours, in [0, 1]; zeros: none"))
 
     def scorer(self) -> AttributeScorer:
         return AttributeScorer()
 
     def encode(self, query: str | None) -> AttributeQuery:
-        if query is None:
-            return AttributeQuery.query_free()
-        check_text(query)
+        if query is None or not check_text(query):
+            return AttributeQuery.query_free(query)
 
         weights = np.zeros(NUM_CHANNELS, dtype=np.float32)
         targets = np.zeros(NUM_CHANNELS, dtype=np.float32)
+        colour = np.zeros(COLOUR_BINS, dtype=np.float32)
         set_channels: dict[str, float] = {}  # channel -> target; the first term on a channel wins
         used: dict[str, int] = {}  # term -> position in the query
         unused: dict[str, int] = {}
@@ -234,18 +236,12 @@ class AttributesHead(QueryHead):
                     weights[CHANNELS[ch].index] = w
             used.setdefault(term, pos)
 
-        colour_key: str | None = None
         positions: list[tuple[int, str]] = []  # resolved after the scan: "left" may follow "middle"
         centres: list[tuple[int, str]] = []
-        for pos, (phrase, key, kind) in enumerate(_scan(_tokenise(query))):
+        for pos, (phrase, term, kind) in enumerate(_scan(_tokenise(query))):
             if kind == "colour":
-                if colour_key is None:
-                    colour_key = key
-                    apply(pos, phrase, _colour_spec(key))
-                elif key == colour_key:
-                    used.setdefault(phrase, pos)  # the same colour again ("red ... dark red" is not)
-                else:
-                    unused.setdefault(phrase, pos)  # one Gaussian, one colour
+                np.maximum(colour, membership(*term), out=colour)  # colours are OR-ed
+                used.setdefault(phrase, pos)
             elif kind == "text":
                 apply(pos, phrase, [("text", 1.0, TEXT_WEIGHT), ("stroke", 1.0, STROKE_WEIGHT)])
             elif kind == "motion":
@@ -273,25 +269,32 @@ class AttributesHead(QueryHead):
         ignored = tuple(sorted(unused, key=unused.__getitem__))
         if not terms:
             warnings.warn(QueryWarning(
-                f"query {query!r} has no word the attribute encoder understands (colours, text, motion, "
-                f"position); relevance is query-free"), stacklevel=2)
+                f"query {query!r} has no word the attributes head understands (colours, text, motion, position); "
+                f"relevance is query-free. For objects ({', '.join(ignored) or 'none named'}) use "
+                f"query_encoder='clip'"), stacklevel=2)
             return AttributeQuery.query_free(query, ignored)
-        return AttributeQuery.make(query, weights, targets, terms, ignored)
+        if ignored:
+            warnings.warn(QueryWarning(
+                f"query {query!r}: ignored {', '.join(repr(w) for w in ignored)}, using "
+                f"{', '.join(repr(t) for t in terms)}; the attributes head knows colours, text, motion and position "
+                f"words only: for objects use query_encoder='clip'"), stacklevel=2)
+        return AttributeQuery.make(query, weights, targets, colour if colour.any() else None, terms, ignored)
 
 
 def _scan(tokens: list[str]):
-    """Yield ``(phrase as written, lookup key, kind)``, longest phrase first.
+    """Yield ``(phrase as written, term, kind)``, longest phrase first.
 
-    ``kind`` is colour, text, motion, position, centre, stop or unknown; only joined words that form a CSS4 name or
-    a text phrase ("licence plate") make a multi-word phrase.
+    ``kind`` is colour (``term`` is its (modifiers, family), see :func:`~arr_coc_stream.query.colours.colour_term`),
+    text, motion, position, centre, stop or unknown; only words that together name a colour or a text phrase
+    ("licence plate") make a multi-word phrase.
     """
-    table = _css4_table()
     i = 0
     while i < len(tokens):
         for n in range(min(_MAX_PHRASE, len(tokens) - i), 0, -1):
             words = tokens[i:i + n]
-            phrase, joined = " ".join(words), "".join(words)
-            if joined in table:
+            phrase = " ".join(words)
+            term = colour_term(words)
+            if term is not None:
                 kind = "colour"
             elif phrase in _TEXT_PHRASES or (n == 1 and phrase in _TEXT_WORDS):
                 kind = "text"
@@ -307,23 +310,6 @@ def _scan(tokens: list[str]):
                 kind = "stop"
             else:
                 kind = "unknown"
-            yield phrase, joined, kind
+            yield phrase, term, kind
             i += n
             break
-
-
-@lru_cache(maxsize=None)
-def _colour_lab_rgb(key: str) -> tuple[np.ndarray, np.ndarray]:
-    rgb = _hex_to_rgb(_css4_table()[key])
-    return srgb_to_lab(rgb), rgb
-
-
-def _colour_spec(key: str) -> list[tuple[str, float, float]]:
-    """(channel, target, weight) for CSS4 colour ``key``: a*, b* (channel (v + 128) / 255) and sRGB."""
-    lab, rgb = _colour_lab_rgb(key)
-    achromatic = float(np.hypot(lab[1], lab[2])) < ACHROMATIC_CHROMA
-    w_ab = ACHROMATIC_AB_WEIGHT if achromatic else COLOUR_AB_WEIGHT
-    w_rgb = ACHROMATIC_RGB_WEIGHT if achromatic else COLOUR_RGB_WEIGHT
-    a_t, b_t = (float(np.clip((v + 128.0) / 255.0, 0.0, 1.0)) for v in lab[1:])
-    return [("lab_a", a_t, w_ab), ("lab_b", b_t, w_ab),
-            ("r", float(rgb[0]), w_rgb), ("g", float(rgb[1]), w_rgb), ("b", float(rgb[2]), w_rgb)]

@@ -22,6 +22,7 @@ Only :meth:`~QueryHead.encode`, :meth:`~QueryHead.query_inputs` and :meth:`~Quer
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ Runner = Callable[..., dict[str, Tensor]]  # a backend's runner: (named inputs, 
 
 
 class QueryWarning(UserWarning):
-    """A query was given but nothing in it could be used; relevance is query-free."""
+    """Part of a query could not be used (those words are ignored), or none of it (relevance is query-free)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,12 +118,13 @@ class QueryScorer(nn.Module):
         return None
 
     @abstractmethod
-    def forward(self, tex: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+    def forward(self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
                 ) -> tuple[Tensor, Tensor]:
         """The match of every cell with the query.
 
         Args:
             tex: [B, C, gh, gw] texture (channels by name through :mod:`arr_coc_stream.channels`).
+            rgb: [B, 3, H, W] the frame at the work resolution, in [0, 1] (H = gh * cell_px).
 
         Returns:
             match [B, gh, gw] in [0, 1]; query_on [B], 1.0 where the stream has a query, else 0.0.
@@ -239,9 +241,13 @@ class QueryHead(ABC):
         return {}
 
 
-def check_text(query: object) -> None:
-    """Refuse what is neither a non-empty string nor None."""
+def check_text(query: object) -> bool:
+    """Whether ``query`` has text to encode: a non-empty string. An empty one warns (:class:`QueryWarning`) and
+    means query-free relevance; what is not a string raises :class:`QueryError`."""
     if not isinstance(query, str):
         raise QueryError(f"query must be a str or None, got {type(query).__name__}")
     if not query.strip():
-        raise QueryError(f"empty query: {query!r}; pass None for query-free relevance")
+        warnings.warn(QueryWarning(f"empty query {query!r}: relevance is query-free (pass None to say so)"),
+                      stacklevel=3)
+        return False
+    return True

@@ -110,7 +110,7 @@ class ClipScorer(QueryScorer):
     def channels(self, prepared: Mapping[str, Tensor]) -> Tensor:
         return torch.einsum("kd,bdhw->bkhw", self.basis, prepared["features"])  # [B, 16, gh, gw]
 
-    def forward(self, tex: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+    def forward(self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
                 ) -> tuple[Tensor, Tensor]:
         text_emb = inputs["text_emb"]
         return clip_match(prepared["features"], text_emb, self.neutral, self.logit_scale), has_text(text_emb)
@@ -153,9 +153,8 @@ class ClipHead(QueryHead):
         self._idle: dict[torch.device, dict[str, Tensor]] = {}
 
     def encode(self, query: str | None) -> ClipQuery:
-        if query is None:
-            return ClipQuery(None, {"text_emb": np.zeros(self.model.dim, dtype=np.float32)})
-        check_text(query)
+        if query is None or not check_text(query):
+            return ClipQuery(query, {"text_emb": np.zeros(self.model.dim, dtype=np.float32)})
         return ClipQuery(query, {"text_emb": self.model.embed_text([query])[0].numpy()}, (query,), ())
 
     def query_inputs(self) -> tuple[TensorSpec, ...]:
