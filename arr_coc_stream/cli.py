@@ -1,5 +1,5 @@
 """Console script ``arr-coc-stream``: ``run`` a source with a progress bar, ``export`` the graph, ``build-trt`` its
-TensorRT engines, ``bench`` the engine.
+TensorRT engines, ``bench`` the engine's speed, ``eval`` its relevance on real clips.
 
 Engine options are derived once from :class:`~arr_coc_stream.config.EngineConfig` (:func:`add_config_options`):
 one ``--field-name`` per field, typed from its annotation, its help from the field's documentation; only the
@@ -258,11 +258,57 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- eval
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    from .evaluation.colour import CLIPS, WORDS
+
+    p.add_argument("--only", choices=("colour", "cuts"), help="run one of the two evaluations (default: both)")
+    p.add_argument("--clips", nargs="+", choices=CLIPS, default=list(CLIPS), metavar="CLIP",
+                   help=f"clips of the colour evaluation (default: all of {', '.join(CLIPS)})")
+    p.add_argument("--words", nargs="+", choices=WORDS, default=list(WORDS), metavar="WORD",
+                   help="colour words to evaluate (default: the eleven basic colour terms)")
+    p.add_argument("--max-frames", type=int, default=None, help="first frames of each clip only (a quick look)")
+    p.add_argument("--json", type=Path, help="also write every row to this JSON file")
+    add_config_options(p)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    import platform
+    import time
+
+    from .evaluation import colour, cuts
+
+    options = config_options(args)
+    out: dict[str, Any] = {"version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                           "options": options}
+    start = time.perf_counter()
+    if args.only in (None, "colour"):
+        rows = colour.colour_rows(progress=True, clips=tuple(args.clips), words=tuple(args.words),
+                                  max_frames=args.max_frames, **options)
+        print("\n## Colour words: truth from the pixels (hue and XKCD naming), engine relevance against it\n")
+        print(colour.format_rows(rows))
+        print(f"\n{colour.summary(rows)}")
+        out["colour"] = rows
+    if args.only in (None, "cuts"):
+        rows = cuts.cut_rows(progress=True)
+        print("\n## Scene cuts: hand-labelled and constructed cuts, ours against PySceneDetect (one-frame tolerance)\n")
+        print(cuts.format_rows(rows))
+        out["cuts"] = rows
+    print(f"\n{time.perf_counter() - start:.0f} s, {out['machine']}, arr_coc_stream {__version__}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "run": (_add_run, _cmd_run, "process a video and print a summary (optionally JSONL, overlay, timeline)"),
     "export": (_add_export, _cmd_export, "export the per-frame graph (and the query head's companions) to ONNX"),
     "build-trt": (_add_build_trt, _cmd_build_trt, "build TensorRT engines from an exported ONNX file"),
     "bench": (_add_bench, _cmd_bench, "speed and quality benchmark, printed as tables"),
+    "eval": (_add_eval, _cmd_eval, "relevance quality on real clips against truth from the pixels: colour words "
+                                   "(AUC, recall, lift, tokens) and scene cuts beside PySceneDetect"),
 }
 
 

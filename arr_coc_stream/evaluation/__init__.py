@@ -1,0 +1,1 @@
+"""Evaluation of the engine on real clips against truth computed from the pixels, independently of the engine."""
