@@ -15,7 +15,8 @@ from .api import run, stream
 from .channels import CHANNELS
 from .config import EngineConfig
 from .engine import Engine
-from .errors import ArrCocError, ConfigError, ModelError, QueryError, SourceError
+from .errors import (ArrCocError, ConfigError, InputError, InputTypeError, MissingExtraError, ModelError, OutputError,
+                     QueryError, SourceError, SourceWarning)
 from .export import export_onnx
 from .query import QueryWarning
 from .result import FrameResult
@@ -28,10 +29,15 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "FrameResult",
+    "InputError",
+    "InputTypeError",
+    "MissingExtraError",
     "ModelError",
+    "OutputError",
     "QueryError",
     "QueryWarning",
     "SourceError",
+    "SourceWarning",
     "__version__",
     "export_onnx",
     "read_jsonl",

@@ -184,19 +184,20 @@ class FrameResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FrameResult":
-        """Inverse of :meth:`to_dict` (scores and relevance rounded as stored)."""
+        """Inverse of :meth:`to_dict` (scores and relevance rounded as stored; a ``None`` number, JSON's ``null``
+        for a NaN, reads back as NaN)."""
         grid = tuple(d["grid"])
         size = tuple(d["source_size"])
         k = d["k"]
         indices = np.asarray(k["indices"], dtype=np.int64)
         return cls(
-            index=d["index"], time=d["time"], relevance=np.asarray(d["relevance"], dtype=np.float32),
+            index=d["index"], time=_number(d["time"]), relevance=np.asarray(d["relevance"], dtype=np.float32),
             indices=indices, scores=np.asarray(k["scores"], dtype=np.float32),
             valid=np.asarray(k["valid"], dtype=bool), budgets=np.asarray(k["budgets"], dtype=np.int32),
             lod=np.asarray(k["lod"], dtype=np.int32),
             boxes=cell_boxes(indices, grid, size),  # type: ignore[arg-type]
             windows=np.asarray(k["windows"], dtype=np.int32).reshape(-1, 4),
-            cut=d["cut"], scene_score=d["scene_score"], motion=d["motion"],
+            cut=d["cut"], scene_score=_number(d["scene_score"]), motion=_number(d["motion"]),
             query_terms=tuple(d["query_terms"]), query_ignored=tuple(d.get("query_ignored", ())), timings=dict(d["timings"]), reset=d["reset"],
             source_size=size,  # type: ignore[arg-type]
             gap=d.get("gap", 0.0), dropped=d.get("dropped", 0),  # absent from files of the first writer
@@ -221,6 +222,10 @@ class Crop:
     cell: tuple[int, int]
     budget: int
     lod: int
+
+
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def cell_boxes(indices: np.ndarray, grid: tuple[int, int], source_size: tuple[int, int]) -> np.ndarray:

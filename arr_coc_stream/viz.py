@@ -4,7 +4,8 @@
 with the inferno colour map where it is high), the outline of the selected cells (cyan), each foveal crop window
 (grey to white by budget, labelled ``L<level of detail> <budget>``), a banner with the frame index, time, query
 and token counts, a red border and ``CUT`` label on a scene cut, and a legend.
-:class:`OverlaySink` writes those frames to an H.264 file with PyAV. :func:`plot_timeline` (matplotlib, imported
+:class:`OverlaySink` writes those frames to a fragmented MP4 (H.264) with PyAV, playable up to its last fragment
+when the process is killed. :func:`plot_timeline` (matplotlib, imported
 only when called) draws per-frame total budget, mean relevance, scene score with the detected cuts, and the share
 of cells selected; :class:`TimelineSink` collects those numbers while a stream runs and plots them at the end.
 
@@ -24,7 +25,7 @@ import cv2  # before av: the other order can hang cv2.imshow (DESIGN.md section 
 import av
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingExtraError, OutputError
 from .result import FrameResult
 from .sources.base import DEFAULT_FPS, Frame
 
@@ -145,6 +146,12 @@ def _legend(img: np.ndarray, font: float, line: int) -> None:
     _text(img, key, (x, y), scale, TEXT_RGB)
 
 
+# Fragmented MP4: an empty index up front, then a fragment (moof + mdat) per keyframe, each flushed to the file as
+# it is muxed, so a killed writer leaves every finished fragment playable.
+FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+OVERLAY_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov"}  # file name suffix -> FFmpeg muxer
+
+
 def _even(v: float) -> int:
     return max(2, int(round(v / 2)) * 2)
 
@@ -154,10 +161,12 @@ class OverlaySink:
 
     The video has the source's frame rate and size (times ``scale``, rounded to even sides as 4:2:0 chroma needs);
     each frame's timestamp is its source time, so dropped frames keep their place in time. The file is opened
-    on the first frame.
+    on the first frame. It is a fragmented MP4 (``movflags`` :data:`FRAGMENTED`) with a keyframe, so a fragment
+    written out, every second: a plain MP4 keeps its index (the ``moov`` atom) until the end and is unplayable
+    after a kill; a fragmented one loses at most the last second (ffprobe and PyAV read the rest).
 
     Args:
-        path: output video (``.mp4``, ``.mkv``...; parent folders are created).
+        path: output video (``.mp4``, ``.m4v``, ``.mov``; parent folders are created).
         fps: frame rate of the output (the source's); None uses 30.
         scale: output size relative to the source, in (0, 4].
         query: the query text for the banner.
@@ -165,6 +174,7 @@ class OverlaySink:
 
     Raises:
         ConfigError: ``scale`` out of range, or a frame that is not at the source resolution.
+        OutputError: the file cannot be created or written.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fps: float | None = None, scale: float = 1.0,
@@ -172,6 +182,9 @@ class OverlaySink:
         if not 0.0 < scale <= 4.0:
             raise ConfigError(f"overlay scale must be in (0, 4], got {scale}")
         self.path = Path(path)
+        if self.path.suffix.lower() not in OVERLAY_SUFFIXES:
+            raise ConfigError(f"overlay {self.path}: the overlay is a fragmented MP4, name it "
+                              f"{' / '.join(OVERLAY_SUFFIXES)}")
         self.rate = Fraction(fps or DEFAULT_FPS).limit_denominator(1001)  # 29.97 stays 30000/1001
         self.scale, self.query, self.crf = scale, query, crf
         self._container: Any = None
@@ -191,16 +204,24 @@ class OverlaySink:
         vf = av.VideoFrame.from_ndarray(draw_overlay(image, result, query=self.query), format="rgb24")
         self._last_pts = max(self._last_pts + 1, int(round(result.time * self.rate)))
         vf.pts, vf.time_base = self._last_pts, 1 / self.rate
-        self._container.mux(self._stream.encode(vf))
+        try:
+            self._container.mux(self._stream.encode(vf))
+        except (av.FFmpegError, OSError) as e:
+            raise OutputError(f"cannot write the overlay video {self.path}: {e}") from e
 
     def _open(self, h: int, w: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), "w")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.path), "w", format=OVERLAY_SUFFIXES[self.path.suffix.lower()],
+                                      options=FRAGMENTED)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise OutputError(f"cannot create the overlay video {self.path}: {e}") from e
         self._stream = self._container.add_stream("libx264", rate=self.rate,
                                                   options={"crf": str(self.crf), "preset": "veryfast"})
         self._stream.width, self._stream.height = _even(w * self.scale), _even(h * self.scale)
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = 1 / self.rate
+        self._stream.codec_context.gop_size = max(1, round(self.rate))  # a keyframe, so a fragment, every second
 
     def close(self) -> None:
         """Flush the encoder and close the file; safe to call more than once."""
@@ -209,6 +230,8 @@ class OverlaySink:
         container, self._container = self._container, None
         try:
             container.mux(self._stream.encode())
+        except (av.FFmpegError, OSError) as e:
+            raise OutputError(f"cannot write the overlay video {self.path}: {e}") from e
         finally:
             container.close()
 
@@ -238,7 +261,7 @@ def _pyplot_free_figure(**kwargs: Any) -> "Figure":
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError("the timeline plot needs matplotlib: pip install 'arr_coc_stream[plot]'") from e
+        raise MissingExtraError("the timeline plot", "plot") from e
     return Figure(**kwargs)  # no pyplot: no global figure registry, no GUI backend
 
 
@@ -323,8 +346,15 @@ class TimelineSink:
         self._rows.append(timeline_row(result))
 
     def close(self) -> None:
-        """Write the plot (of the frames seen so far); safe to call more than once."""
+        """Write the plot (of the frames seen so far); safe to call more than once.
+
+        Raises:
+            OutputError: the file cannot be written.
+        """
         if self._closed:
             return
         self._closed = True
-        plot_timeline(_series(self._rows), self.path, title=self.title, **self._options)
+        try:
+            plot_timeline(_series(self._rows), self.path, title=self.title, **self._options)
+        except OSError as e:
+            raise OutputError(f"cannot write the timeline plot {self.path}: {e}") from e

@@ -19,7 +19,7 @@ if ! command -v ffprobe >/dev/null && command -v apt-get >/dev/null && [ "$(id -
 fi
 # The live-source tests: GStreamer's RTSP server, run by the system python (tests/rtsp_server.py: appsrc, the RTP
 # payloaders and an audio-only mount), and Xvfb for the demos' window. Installed only when missing, as root with
-# apt; without them those tests skip and say why.
+# apt; without them those tests skip and say why (and fail under .ci/run, which sets ARR_COC_REQUIRE_LIVE=1).
 live_packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good xvfb)
 live_missing=()
 for p in "${live_packages[@]}"; do

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_public_names_snapshot() -> None:
     # other code builds on these names: changing them is a deliberate, visible decision
     assert sorted(acs.__all__) == sorted([
-        "ArrCocError", "CHANNELS", "ConfigError", "Engine", "EngineConfig", "FrameResult", "ModelError",
-        "QueryError", "QueryWarning", "SourceError", "__version__", "export_onnx", "read_jsonl", "run", "stream",
+        "ArrCocError", "CHANNELS", "ConfigError", "Engine", "EngineConfig", "FrameResult", "InputError",
+        "InputTypeError", "MissingExtraError", "ModelError", "OutputError", "QueryError", "QueryWarning",
+        "SourceError", "SourceWarning", "__version__", "export_onnx", "read_jsonl", "run", "stream",
     ])
     for name in acs.__all__:
         assert hasattr(acs, name), name
@@ -79,7 +80,8 @@ def test_cli_run_writes_jsonl_and_summarises(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "12 frames" in proc.stdout and "['red']" in proc.stdout
     lines = out.read_text().splitlines()
-    assert len(lines) == 13 and json.loads(lines[0])["query_ignored"] == ["ball"]
+    assert len(lines) == 14 and json.loads(lines[0])["query_ignored"] == ["ball"]
+    assert json.loads(lines[-1]) == {"type": "end", "frames": 12, "complete": True, "reason": None}
     assert "frame/s" in proc.stderr or "frame" in proc.stderr  # the progress bar went to stderr
 
 

@@ -165,7 +165,7 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     results = acs.run(IterableSource(clip.frames, fps=clip.fps), query="red", jsonl=path)
     header, back = acs.read_jsonl(path)
     assert header["schema_version"] == 1 and header["query"] == "red" and header["query_terms"] == ["red"]
-    assert len(path.read_text().splitlines()) == 6
+    assert len(path.read_text().splitlines()) == 7 and header["end"]["complete"]  # header, 5 frames, end
     for a, b in zip(results, back):
         assert a.index == b.index and a.cut == b.cut
         np.testing.assert_array_equal(a.indices, b.indices)

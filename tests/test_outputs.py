@@ -141,7 +141,8 @@ def test_overlay_scale_and_errors(tmp_path: Path) -> None:
 
 def test_jsonl_header_and_one_line_per_frame(bikes_run: dict) -> None:
     lines = bikes_run["jsonl"].read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 1 + 250
+    assert len(lines) == 1 + 250 + 1
+    assert json.loads(lines.pop()) == {"type": "end", "frames": 250, "complete": True, "reason": None}
     header = json.loads(lines[0])
     assert header["type"] == "header" and header["schema_version"] == 1 and header["version"] == acs.__version__
     assert header["query"] == bikes_run["query"] and header["query_terms"] == ["red"] and header["config"]["grid"] == [32, 32]

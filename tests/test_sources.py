@@ -203,6 +203,9 @@ def test_corrupt_packets_are_skipped_and_counted(clips: dict[str, Path]) -> None
     with VideoFileSource(clips["corrupt"], size=(64, 64)) as src:
         n = sum(1 for _ in src)
     assert src.corrupt_packets > 0 and 200 < n < 250
+    # fewer frames than declared: the source says so, naming its last frame and the packets it skipped
+    assert src.incomplete is not None and f"ends after frame {n - 1} ({n} of 250 declared frames decoded, " \
+        f"{src.corrupt_packets} corrupt packet(s) skipped)" in src.incomplete
 
 
 @pytest.mark.timeout(20)

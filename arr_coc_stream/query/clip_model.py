@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import string
 from dataclasses import dataclass
 from functools import lru_cache
@@ -172,7 +173,8 @@ def load_clip(name: str | os.PathLike[str]) -> ClipModel:
 
     Raises:
         ConfigError: ``transformers`` is missing (install the ``clip`` extra).
-        ModelError: the path does not exist, the folder holds no model, or the model is not CLIP.
+        ModelError: the path does not exist, the folder holds no model, the model is not CLIP, or its weights
+            are an unsafe pickle (refused by ``weights_only`` loading, never executed).
     """
     try:
         import transformers
@@ -197,9 +199,14 @@ def load_clip(name: str | os.PathLike[str]) -> ClipModel:
     if config.model_type != "clip":
         raise ModelError(f"clip_model {text} is a {config.model_type!r} model, not CLIP (model_type 'clip')")
     try:
+        # weights load through safetensors, or torch.load(weights_only=True) for a .bin: transformers' loaders,
+        # and torch's default since 2.6; a pickle that would run code is refused, never executed
         model = transformers.CLIPModel.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         processor = transformers.AutoImageProcessor.from_pretrained(source)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"clip_model {text}: the weights file is a pickle that does more than hold tensors; it was "
+                         "refused, not run (save the model with safetensors)") from exc
     except (OSError, ValueError) as exc:
         raise ModelError(f"clip_model {text}: cannot load the model, its tokenizer or its image processor: "
                          f"{exc}") from exc

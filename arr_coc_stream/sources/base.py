@@ -74,9 +74,16 @@ class SourceInfo:
 
 
 class Source(ABC):
-    """A context manager and one-pass iterator of :class:`Frame`; ``close()`` releases everything it holds."""
+    """A context manager and one-pass iterator of :class:`Frame`; ``close()`` releases everything it holds.
+
+    Attributes:
+        info: what the source knows about its stream.
+        incomplete: set when the iteration ends: why the source ended before its end (a truncated or damaged
+            file, naming the last good frame); None when it was read to its end.
+    """
 
     info: SourceInfo
+    incomplete: str | None = None
 
     @abstractmethod
     def __iter__(self) -> Iterator[Frame]:

@@ -29,7 +29,11 @@ class VideoFileSource(ThreadedSource):
     (``VideoFrame.rotation``, counter-clockwise degrees from the DISPLAYMATRIX side data), and a file with no
     decodable frame fails here rather than mid-run. The rotation of the first frame, rounded to a multiple of 90
     degrees, applies to the whole stream; mirror flips in the display matrix are ignored. A packet the decoder
-    rejects is skipped and counted in ``corrupt_packets``. Not thread-safe: iterate and close from one thread.
+    rejects is skipped and counted in ``corrupt_packets``. A file that ends before the frame count its container
+    declares, or whose data cannot be read past some point, is truncated or damaged: the frames before are
+    delivered, then the source ends and :attr:`incomplete` names the last good frame. A still image (PNG,
+    JPEG...) is refused: it is not a video (give ``[image]`` as an iterable of frames for one frame). Not
+    thread-safe: iterate and close from one thread.
 
     Args:
         path: video file.
@@ -39,7 +43,7 @@ class VideoFileSource(ThreadedSource):
         queue_size: frames decoded ahead of the consumer at most.
 
     Raises:
-        SourceError: missing or unreadable file, no video stream, no decodable frame, read error mid-stream.
+        SourceError: missing or unreadable file, a still image, no video stream, no decodable frame.
         ConfigError: ``size`` or ``queue_size`` out of range.
     """
 
@@ -51,6 +55,7 @@ class VideoFileSource(ThreadedSource):
         self._size = _check_size(size)
         self._keep_full = keep_full
         self.corrupt_packets = 0
+        self._read_error: str | None = None
         super().__init__(threads=threads, queue_size=queue_size)
         if not os.path.exists(self.path):
             raise SourceError(f"no such file: {self.path!r}")
@@ -59,6 +64,10 @@ class VideoFileSource(ThreadedSource):
         except (av.FFmpegError, OSError) as e:
             raise SourceError(f"not a video file or unreadable: {self.path!r} ({e})") from e
         try:
+            fmt = self._container.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's single-image demuxers
+                raise SourceError(f"{self.path!r} is a still image ({fmt}), not a video; for one frame pass "
+                                  "[image] (an HxWx3 uint8 RGB array in a list) as the source")
             if not self._container.streams.video:
                 raise SourceError(f"no video stream in {self.path!r}")
             stream = self._container.streams.video[0]
@@ -88,8 +97,8 @@ class VideoFileSource(ThreadedSource):
                     yield from packet.decode()
                 except av.FFmpegError:
                     self.corrupt_packets += 1
-        except av.FFmpegError as e:
-            raise SourceError(f"read error in {self.path!r}: {e}") from e
+        except av.FFmpegError as e:  # the data ends or breaks here: the frames so far stand (see _produce)
+            self._read_error = str(e)
 
     def _to_frame(self, vf: av.VideoFrame, index: int) -> Frame:
         rgb, full = av_frame_to_rgb(vf, self._size, self._keep_full, self._quarter_turns)
@@ -100,8 +109,17 @@ class VideoFileSource(ThreadedSource):
         return Frame(rgb=rgb, index=index, time=t, source_size=(self.info.height, self.info.width), full=full)
 
     def _produce(self) -> Iterator[Frame]:
+        n = 0
         for index, vf in enumerate(itertools.chain((self._first,), self._decoded)):
             yield self._to_frame(vf, index)
+            n = index + 1
+        declared = self.info.frames
+        if self._read_error is not None or (declared is not None and n < declared):
+            what = f"{n} of {declared} declared frames" if declared else f"{n} frames"
+            skipped = f", {self.corrupt_packets} corrupt packet(s) skipped" if self.corrupt_packets else ""
+            error = f"; read error: {self._read_error}" if self._read_error else ""
+            self.incomplete = (f"{self.path!r} is truncated or damaged: it ends after frame {n - 1} ({what} "
+                               f"decoded{skipped}{error})")
 
     def _release(self) -> None:
         self._decoded.close()

@@ -14,14 +14,18 @@ Pacing (:attr:`LiveConfig.pacing`):
     ``every_frame``: a bounded queue; the reader waits for the consumer, so nothing is dropped (the network or
         the camera driver buffers, and a slow consumer drifts behind real time).
 
-Drops: an end of data, a read error or a read timeout is a drop, not the end of the stream. The reader closes
-the connection and reconnects after ``backoff_s``, doubling the wait up to ``backoff_max_s``, and gives up with
-a :class:`~arr_coc_stream.errors.SourceError` after ``reconnect_attempts`` attempts in a row that failed or
-brought no frame. The first frame after a reconnect has ``reset=True`` (the engine starts its temporal state
-over), ``gap`` = seconds since the last frame before the drop, and ``dropped`` includes the frames lost in the
-gap (estimated from the frame rate); when ``latest_frame`` pacing replaces that frame, the frame delivered next
-carries all three. No frame is ever made up for a gap: black or repeated frames would look like scene cuts. The
-first open is not retried: an address that never answers fails after ``open_timeout_s``.
+Drops: an end of data, a read error or a read timeout is a drop, not the end of the stream. The reader closes the
+connection and reconnects after ``backoff_s``, doubling the wait up to ``backoff_max_s`` (0.25 s: a camera back
+after an outage is found within a quarter of a second), and gives up with a
+:class:`~arr_coc_stream.errors.SourceError` when ``reconnect_timeout_s`` have passed since the drop without a frame
+(a connection that opens but brings no frame does not count as back). The first frame after a reconnect has
+``reset=True`` (the engine starts its temporal state over), ``gap`` = seconds since the last frame before the drop,
+and ``dropped`` includes the frames lost in the gap (estimated from the frame rate); when ``latest_frame`` pacing
+replaces that frame, the frame delivered next carries all three. A reconnection's first frames arrive in a burst
+(the server's and the probe's backlog): the gap is measured to when the first of them was live, not to when the
+backlog was flushed (:meth:`LiveSource._arrivals`), so the frames counted lost match the frames the stream lost. No
+frame is ever made up for a gap: black or repeated frames would look like scene cuts. The first open is not
+retried: an address that never answers fails after ``open_timeout_s``.
 
 Times: seconds since the first frame. Within one connection they follow the stream's timestamps (fractional
 rates stay exact); across a reconnect, whose timestamps restart, they follow the wall clock. Frame indices count
@@ -58,18 +62,20 @@ class LiveConfig:
         pacing: ``"latest_frame"`` (keep only the newest frame) or ``"every_frame"`` (drop nothing).
         open_timeout_s: seconds an open (connect, handshake, stream probe) may take.
         read_timeout_s: seconds a read may wait for data before the stream counts as dropped.
-        reconnect_attempts: failed reconnection attempts in a row before giving up; None retries forever.
+        reconnect_timeout_s: seconds after a drop to keep trying to reconnect before giving up; None retries
+            forever. Time, not a count of attempts: an attempt against a dead address may take ``open_timeout_s``
+            or fail at once.
         backoff_s: wait before the first reconnection attempt; doubles after each failure.
-        backoff_max_s: the longest wait between attempts.
+        backoff_max_s: the longest wait between attempts; it bounds how long a stream that is back stays unseen.
         queue_size: frames buffered ahead of the consumer in ``every_frame`` pacing.
     """
 
     pacing: Pacing = "latest_frame"
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
-    reconnect_attempts: int | None = 10
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
+    reconnect_timeout_s: float | None = 60.0
+    backoff_s: float = 0.1
+    backoff_max_s: float = 0.25  # was 8 s: a 3 s outage became an 8.9 s gap (issue 13)
     queue_size: int = 8
 
     def __post_init__(self) -> None:
@@ -80,8 +86,8 @@ class LiveConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.backoff_max_s < self.backoff_s:
             raise ConfigError(f"backoff_max_s ({self.backoff_max_s}) is below backoff_s ({self.backoff_s})")
-        if self.reconnect_attempts is not None and self.reconnect_attempts < 0:
-            raise ConfigError(f"reconnect_attempts must be >= 0 or None, got {self.reconnect_attempts}")
+        if self.reconnect_timeout_s is not None and not self.reconnect_timeout_s > 0:
+            raise ConfigError(f"reconnect_timeout_s must be positive or None, got {self.reconnect_timeout_s!r}")
         if self.queue_size < 1:
             raise ConfigError(f"queue_size must be at least 1, got {self.queue_size}")
 
@@ -148,16 +154,17 @@ class LiveSource(ThreadedSource):
     def _produce(self) -> Iterator[Frame]:
         """The reader (worker thread): read, reconnect after a drop, give each frame its index, time and gap."""
         conn, self._conn = self._conn, None
-        failures = 0  # reconnection attempts in a row that brought no frame
+        failures = 0  # reconnection attempts since the drop (none of them brought a frame)
+        dropped_at = 0.0  # monotonic time of the drop the reconnection attempts try to recover from
         try:
             while conn is not None:
                 frames = 0
                 try:
-                    for raw in self._read(conn):
+                    for raw, received, live in self._arrivals(self._read(conn), settle=self._reconnected):
                         if self._stop.is_set():
                             return
                         frames += 1
-                        yield self._to_frame(raw)
+                        yield self._to_frame(raw, received, live)
                 except SourceError:
                     pass  # a read error is a drop like the end of data: reconnect below
                 finally:  # also when the consumer stops the reader at the yield above
@@ -165,25 +172,33 @@ class LiveSource(ThreadedSource):
                     conn = None
                 if self._stop.is_set():
                     return
-                # a connection that opens but never delivers a frame counts as a failed attempt, so a server
-                # that accepts and hangs up cannot keep the source reconnecting forever
-                conn, failures = self._reconnect(failures if frames == 0 else 0)
+                # a connection that opens but never delivers a frame is no recovery: the clock of the drop runs
+                # on and the backoff keeps growing, so a server that accepts and hangs up cannot hold the source
+                if frames or not failures:
+                    dropped_at, failures = time.monotonic(), 0
+                conn, failures = self._reconnect(dropped_at, failures)
         finally:
             if conn is not None:
                 self._disconnect(conn)
 
-    def _reconnect(self, failures: int) -> tuple[Any, int]:
-        """Reopen with exponential backoff after ``failures`` failed attempts in a row.
+    def _reconnect(self, dropped_at: float, failures: int) -> tuple[Any, int]:
+        """Reopen with exponential backoff after ``failures`` failed attempts since the drop at ``dropped_at``.
 
         Returns:
             (connection, failures so far, this attempt included); the connection is None when stopped.
 
         Raises:
-            SourceError: ``reconnect_attempts`` attempts in a row failed.
+            SourceError: ``reconnect_timeout_s`` passed since the drop.
         """
         cfg, last = self.config, None
-        while cfg.reconnect_attempts is None or failures < cfg.reconnect_attempts:
-            if self._stop.wait(min(cfg.backoff_s * 2 ** min(failures, 30), cfg.backoff_max_s)):
+        while True:
+            wait = min(cfg.backoff_s * 2 ** min(failures, 30), cfg.backoff_max_s)
+            if cfg.reconnect_timeout_s is not None:
+                left = dropped_at + cfg.reconnect_timeout_s - time.monotonic()
+                if left <= 0:
+                    break
+                wait = min(wait, left)
+            if self._stop.wait(wait):
                 return None, failures
             failures += 1
             try:
@@ -194,12 +209,51 @@ class LiveSource(ThreadedSource):
             self.reconnects += 1
             self._reconnected = True
             return conn, failures
-        raise SourceError(f"{self.uri}: stream dropped and {failures} reconnection attempt(s) in a row failed or "
-                          "brought no frame" + (f"; last error: {last}" if last else ""))
+        raise SourceError(f"{self.uri}: stream dropped and not back within reconnect_timeout_s="
+                          f"{cfg.reconnect_timeout_s:g} s ({failures} attempt(s) failed or brought no frame)"
+                          + (f"; last error: {last}" if last else ""))
 
-    def _to_frame(self, raw: _Raw) -> Frame:
-        """Give a read frame its index, time and gap accounting (reader thread)."""
-        now = time.monotonic()
+    def _arrivals(self, raws: Iterator[_Raw], settle: bool) -> Iterator[tuple[_Raw, float, float]]:
+        """(frame, monotonic arrival, monotonic time it was live) for each frame read from one connection.
+
+        After a reconnect (``settle``) the first frames come in a burst: the server's and the probe's backlog,
+        flushed at once. Those are held until a frame arrives at the stream's own pace (at least half a frame
+        interval after the one before; at most a second of frames is held), then the first one's live time is
+        its arrival moved back by the stream time the burst spans, so the gap and the frames lost in it are
+        measured from when the frames were live, not from when the backlog was flushed. Without a frame rate the
+        arrival is taken as is.
+        """
+        fps = self.info.fps
+        held: list[tuple[_Raw, float]] | None = [] if settle and fps else None
+        for raw in raws:
+            now = time.monotonic()
+            if held is None:
+                yield raw, now, now
+                continue
+            if held and (now - held[-1][1] >= 0.5 / fps or len(held) >= fps):  # type: ignore[operator]
+                yield from self._settled(held, fps)  # type: ignore[arg-type]
+                held = None
+                yield raw, now, now
+            else:
+                held.append((raw, now))
+        if held:
+            yield from self._settled(held, fps)  # type: ignore[arg-type]
+
+    def _settled(self, held: list[tuple[_Raw, float]], fps: float) -> Iterator[tuple[_Raw, float, float]]:
+        """The held burst, its first frame back-dated by the frames after it at the stream's rate (the stamps of a
+        fresh connection's first frames cannot be trusted: FFmpeg's RTSP client gives them before its first
+        RTCP report, nearly equal), to no earlier than a frame interval after the last frame before the drop (a
+        source faster than real time, a file read as a camera, bursts without a backlog)."""
+        (first, t0), (_, t1) = held[0], held[-1]
+        floor = self._last[1] + 1.0 / fps if self._last is not None else t0
+        yield first, t0, min(t0, max(t1 - (len(held) - 1) / fps, floor))
+        for raw, t in held[1:]:
+            yield raw, t, t
+
+    def _to_frame(self, raw: _Raw, received: float, live: float) -> Frame:
+        """Give a read frame its index, time and gap accounting (reader thread): ``received`` when it arrived,
+        ``live`` when it was live (earlier for a frame of a backlog, see :meth:`_arrivals`)."""
+        now = live
         gap, lost, reset = 0.0, 0, False
         if self._reconnected and self._last is not None:
             # across a reconnect the stream's stamps restart: the wall clock measures the gap
@@ -223,7 +277,7 @@ class LiveSource(ThreadedSource):
         self._next_index = index + 1
         self._last = (t, now)
         return Frame(rgb=raw.rgb, index=index, time=t, source_size=raw.source_size, full=raw.full, reset=reset,
-                     gap=gap, dropped=lost, received=now)
+                     gap=gap, dropped=lost, received=received)
 
     def _release(self) -> None:
         if self._conn is not None:  # never iterated: the constructor's connection is still here
