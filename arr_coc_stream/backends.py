@@ -13,10 +13,11 @@ when their backend is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,26 +45,77 @@ class TensorRTUnavailable(ArrCocError, RuntimeError):
 
 
 class TorchRunner:
-    """A graph module in eager PyTorch.
+    """A graph module in PyTorch, eager or compiled.
 
     Args:
         module: called with the spec's inputs in order; returns its outputs in order (or the one output).
         spec: the module's inputs and outputs.
         device: where the module lives; inputs are moved there.
-        timed: the module takes a ``timings`` dict and records per-stage milliseconds in it.
+        timed: the module takes a ``timings`` dict and records per-stage milliseconds in it (eager only: a
+            compiled graph is timed as one stage, ``"graph (compiled)"``).
+        threads: torch intra-op threads for the call, set before it and restored after (the caller's thread
+            count is left as it was); None: whatever the caller's is.
+        compile: run the module through ``torch.compile`` (inductor, static shapes). The first call compiles
+            (:attr:`compile_s` records how long, logged once); inductor's on-disk cache makes it quicker in the
+            next process. Call it in one grad mode (the engine calls in ``inference_mode``): a tensor from
+            another mode fails dynamo's guards and compiles again.
     """
 
     name = "torch"
 
-    def __init__(self, module: nn.Module, spec: GraphSpec, device: torch.device, *, timed: bool = False) -> None:
+    def __init__(self, module: nn.Module, spec: GraphSpec, device: torch.device, *, timed: bool = False,
+                 threads: int | None = None, compile: bool = False) -> None:
         self.module = module.to(device).eval()
-        self.spec, self.device, self.timed = spec, device, timed
-        self.description = f"torch {torch.__version__} on {device}"
+        self.spec, self.device, self.threads = spec, device, threads
+        self.timed = timed and not compile
+        self.compile_s: float | None = None
+        self._call: Any = torch.compile(self.module, dynamic=False) if compile else self.module
+        mode = "compiled (inductor)" if compile else "eager"
+        self.description = f"torch {torch.__version__} {mode} on {device}, intra-op threads: {threads or 'default'}"
 
     def __call__(self, inputs: Tensors, timings: Timings = None) -> dict[str, torch.Tensor]:
         args = [t.to(self.device) for t in self.spec.ordered(inputs)]
-        out = self.module(*args, timings=timings) if self.timed else self.module(*args)
+        if self._call is not self.module:
+            args = [_standard_strides(t) for t in args]
+        with intra_op_threads(self.threads):
+            start = time.perf_counter()
+            out = self._call(*args, timings=timings) if self.timed else self._call(*args)
+            elapsed = time.perf_counter() - start
+        if self._call is not self.module:
+            if self.compile_s is None:
+                self.compile_s = elapsed
+                log.info("torch.compile: the graph compiled in %.1f s (first call)", elapsed)
+            if timings is not None:
+                timings["graph (compiled)"] = 1000.0 * elapsed
         return self.spec.named(out if isinstance(out, tuple) else (out,))
+
+
+def _standard_strides(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied when its strides are not those of a fresh tensor of its shape.
+
+    A compiled graph's guards check input strides exactly; a state that came out of the previous frame as a view
+    (a channel of the texture: [1, 32, 32] with a batch stride of 36 x 32 x 32) would compile a second graph.
+    """
+    if t.stride() == torch.empty(t.shape, device="meta").stride():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with ``threads`` torch intra-op threads and restore the caller's count after it.
+
+    torch's count is per calling thread under OpenMP, so this touches only the thread that runs the engine.
+    """
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class OnnxRuntimeRunner:
@@ -72,7 +124,7 @@ class OnnxRuntimeRunner:
     Args:
         model: the ``.onnx`` file (a per-frame graph or a head's companion graph).
         providers: execution providers to try, in order (default: TensorRT, CUDA, then CPU, as available).
-        threads: intra-op threads (default: onnxruntime's choice, one per physical core).
+        threads: intra-op threads (None: onnxruntime's choice, one per physical core).
 
     Attributes:
         model: the file's metadata. spec: its inputs, states and outputs (from the metadata).
@@ -110,7 +162,8 @@ class OnnxRuntimeRunner:
             raise ModelError(f"{path}: its graph's inputs and outputs are not the ones its metadata names; "
                              "re-export it with this version")
         self.provider = self.session.get_providers()[0]
-        self.description = f"onnxruntime {ort.__version__} ({self.provider}), {path.name}"
+        self.description = (f"onnxruntime {ort.__version__} ({self.provider}), {path.name}, intra-op threads: "
+                            f"{threads or 'default'}")
         log.info("onnxruntime backend: %s (available providers: %s)", self.provider, ", ".join(available))
 
     def __call__(self, inputs: Tensors, timings: Timings = None) -> dict[str, torch.Tensor]:
@@ -182,10 +235,12 @@ class TensorRTRunner:
         return self.spec.named(outputs)
 
 
-def open_model(backend: str, model: str | os.PathLike[str]) -> OnnxRuntimeRunner | TensorRTRunner:
-    """A runner for an exported file: ``.onnx`` with ``"onnxruntime"``, a built ``.engine`` with ``"tensorrt"``."""
+def open_model(backend: str, model: str | os.PathLike[str], threads: int | None = None
+               ) -> OnnxRuntimeRunner | TensorRTRunner:
+    """A runner for an exported file: ``.onnx`` with ``"onnxruntime"`` (on ``threads`` intra-op threads), a built
+    ``.engine`` with ``"tensorrt"``."""
     if backend == "onnxruntime":
-        return OnnxRuntimeRunner(model)
+        return OnnxRuntimeRunner(model, threads=threads)
     if backend == "tensorrt":
         return TensorRTRunner(model)
     raise ConfigError(f"backend {backend!r} runs no model file; file backends: onnxruntime, tensorrt")

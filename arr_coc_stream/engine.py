@@ -16,22 +16,41 @@ keyframe.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time as _time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import cv2
 import numpy as np
 import torch
 
-from .backends import BACKENDS, TorchRunner, open_model
+from .backends import BACKENDS, TorchRunner, intra_op_threads, open_model
 from .config import EngineConfig
-from .errors import ConfigError, ModelError, SourceError
+from .errors import ConfigError, InputError, InputTypeError, ModelError
 from .graph import FrameGraph, graph_spec
 from .model_file import companion_path
 from .query import EncodedQuery, QueryHead, build_head
 from .result import FrameResult, cell_boxes, cells_to_pixels
 from .sources.base import DEFAULT_FPS
+
+T = TypeVar("T")
+
+
+def _engine_threads(method: Callable[..., T]) -> Callable[..., T]:
+    """Run an engine method with the configuration's torch intra-op threads, the caller's restored after.
+
+    The whole frame, not only the graph call: an operator outside it (a state check, a copy of the outputs) on
+    two threads waits for a second core, which a busy machine gives late (measured: 73-78 ms a frame against
+    26-29 ms with one process busy beside it).
+    """
+    @functools.wraps(method)
+    def wrapper(self: Engine, *args: Any, **kwargs: Any) -> T:
+        with intra_op_threads(self.config.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Engine:
@@ -73,28 +92,33 @@ class Engine:
             self.device = torch.device(self.config.device)
             self.head = head or build_head(self.config)
             graph = FrameGraph(self.config, self.head)
-            self.runner: Any = TorchRunner(graph, graph.spec, self.device, timed=True)
-            self.companions: dict[str, Any] = {name: TorchRunner(c.module, c.spec, self.device)
+            self.runner: Any = TorchRunner(graph, graph.spec, self.device, timed=True, threads=self.config.threads,
+                                           compile=self.config.compile)
+            self.companions: dict[str, Any] = {name: TorchRunner(c.module, c.spec, self.device,
+                                                                 threads=self.config.threads)
                                                for name, c in self.head.companions().items()}
         else:
             if model is None:
                 raise ConfigError(f"backend {backend!r} needs a model file (model='models/<name>.onnx' or "
                                   "'.engine'); make one with arr-coc-stream export")
-            self.runner = open_model(backend, model)
+            self.runner = open_model(backend, model, _threads(config, options))
             self.config = self.runner.model.resolve(config, options)
+            if self.config.compile:
+                raise ConfigError(f"compile=True compiles the torch backend's graph; backend {backend!r} runs an "
+                                  "exported file")
             self.device = torch.device(self.config.device)
             self.head = head or build_head(self.config)
             self.runner.model.check(graph_spec(self.config, self.head), self.head)
             self.companions = {}
             for name, c in self.head.companions().items():
-                runner = open_model(backend, _companion_file(model, name))
+                runner = open_model(backend, _companion_file(model, name), self.config.threads)
                 runner.model.check(c.spec, self.head, companion=name)
                 self.companions[name] = runner
         self.spec = self.runner.spec
         self.backend: str = self.runner.name
         self.query: EncodedQuery = self.head.encode(query)
         self._query_tensors = self._tensors_for(self.query)
-        self._state = self.spec.initial_state(1, self.device)
+        self._state = self._initial_state()
         self._fresh = True
         self._last_time: float | None = None
         self._last_size: tuple[int, int] | None = None
@@ -123,9 +147,13 @@ class Engine:
         self._query_tensors = self._tensors_for(self.query)
 
     def reset(self) -> None:
-        """Start the temporal state over at the next frame (e.g. after seeking)."""
+        """Start the temporal state over at the next frame (e.g. after seeking): fresh state tensors, no previous
+        time or size; the query and the count of processed frames are kept."""
+        self._state = self._initial_state()
         self._fresh = True
+        self._last_time = self._last_size = None
 
+    @_engine_threads
     @torch.inference_mode()
     def process(self, frame: np.ndarray, time: float | None = None, *, index: int | None = None,
                 source_size: tuple[int, int] | None = None, reset: bool = False) -> FrameResult:
@@ -140,13 +168,20 @@ class Engine:
 
         Returns:
             The frame's :class:`FrameResult`.
+
+        Raises:
+            InputError: a frame of the wrong shape or an empty one, a non-finite time, an index or source size out
+                of range; :class:`InputTypeError` (also a ``TypeError``) for a value of the wrong type. A rejected
+                frame leaves the engine as it was.
+            ModelError: the graph produced a non-finite state (the state is kept as before the frame).
         """
         start = _time.perf_counter()
-        frame = _check_frame(frame, self._count if index is None else index)
-        size = source_size or (frame.shape[0], frame.shape[1])
-        index = self._count if index is None else index
+        index = self._count if index is None else _check_int("index", index, 0)
+        frame = _check_frame(frame, index)
+        size = (frame.shape[0], frame.shape[1]) if source_size is None else _check_size(source_size, index)
         if time is None:
             time = (self._last_time + 1.0 / DEFAULT_FPS) if self._last_time is not None else 0.0
+        time = _check_time(time, index)
         dt = 0.0 if self._last_time is None else time - self._last_time
         reset = (reset or self._fresh or size != self._last_size or dt < 0 or dt > self.config.gap_limit_s)
         timings: dict[str, float] = {}
@@ -163,7 +198,9 @@ class Engine:
             again, keyframe = self.head.after_cut(frame, keyframe, self.companions, timings)
             if again is not None:  # same *_in: the re-run has no side effects
                 out = self.runner({**inputs, **self._on_device(again)}, timings)
-        self._state = {s.name: out[s.out_name] for s in self.spec.states}
+        state = {s.name: out[s.out_name] for s in self.spec.states}
+        _check_state(state, index, self.backend)  # a non-finite value would stay in the state for good
+        self._state = state
         self._fresh, self._last_time, self._last_size = False, time, size
         self._count += 1
         res = {t.name: out[t.name][0].cpu().numpy() for t in self.spec.outputs}
@@ -184,6 +221,12 @@ class Engine:
                 "query_ignored": list(self.query.ignored),
                 "backend": {"name": self.backend, "description": self.runner.description}, **self.head.header()}
 
+    @torch.inference_mode()
+    def _initial_state(self) -> dict[str, torch.Tensor]:
+        """Fresh state tensors, made in the mode :meth:`process` runs in (a compiled graph's guards check it)."""
+        return self.spec.initial_state(1, self.device)
+
+    @torch.inference_mode()
     def _tensors_for(self, query: EncodedQuery) -> dict[str, torch.Tensor]:
         return self._on_device(self.head.stack([query]))
 
@@ -200,6 +243,11 @@ class Engine:
         return torch.from_numpy(np.ascontiguousarray(frame))[None].to(self.device)
 
 
+def _threads(config: EngineConfig | None, options: dict[str, Any]) -> int | None:
+    """The intra-op threads asked for, before the model file's configuration is resolved."""
+    return config.threads if config is not None else options.get("threads", EngineConfig.threads)
+
+
 def _companion_file(model: str | os.PathLike[str], name: str) -> str:
     path = companion_path(model, name)
     if not path.is_file():
@@ -210,7 +258,45 @@ def _companion_file(model: str | os.PathLike[str], name: str) -> str:
 
 
 def _check_frame(frame: Any, index: int) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        desc = f"{type(frame).__name__} {getattr(frame, 'shape', '')} {getattr(frame, 'dtype', '')}".strip()
-        raise SourceError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
+    """The frame as given when it is an [H, W, 3] uint8 array with H, W >= 1; else the typed error naming it."""
+    desc = f"{type(frame).__name__} {getattr(frame, 'shape', '')} {getattr(frame, 'dtype', '')}".strip()
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        raise InputTypeError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {desc}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.size == 0:
+        raise InputError(f"frame {index}: expected an HxWx3 uint8 RGB array with H, W >= 1, got {desc}")
     return frame
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputTypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < low:
+        raise InputError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _check_size(size: Any, index: int) -> tuple[int, int]:
+    """(H, W) of positive ints."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise InputTypeError(f"frame {index}: source_size must be (H, W), got {size!r}")
+    return _check_int("source_size[0]", size[0], 1), _check_int("source_size[1]", size[1], 1)
+
+
+def _check_time(time: Any, index: int) -> float:
+    """A finite number of seconds, checked before anything is computed from it (NaN would poison the state)."""
+    if isinstance(time, bool) or not isinstance(time, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"frame {index}: time must be a number of seconds, got {time!r} "
+                             f"({type(time).__name__})")
+    if not math.isfinite(time):
+        raise InputError(f"frame {index}: time must be finite, got {time!r}")
+    return float(time)
+
+
+def _check_state(state: dict[str, torch.Tensor], index: int, backend: str) -> None:
+    """Raise :class:`ModelError` when a floating state tensor holds NaN or inf (one device sync for all)."""
+    floats = {name: t for name, t in state.items() if t.is_floating_point()}
+    finite = torch.stack([torch.isfinite(t).all() for t in floats.values()])
+    if not bool(finite.all()):
+        bad = [name for name, ok in zip(floats, finite.tolist()) if not ok]
+        raise ModelError(f"frame {index}: the {backend} graph produced non-finite values in state {bad}; "
+                         "the state was left as it was before this frame")

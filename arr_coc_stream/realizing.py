@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .channels import idx
+from .texture import for_runtime, to_grid
 
 FLOW_DOWNSCALE = 4        # flow runs on luminance at work / 4 (64x64 by default)
 FLOW_TEMPERATURE = 0.002  # soft-argmin temperature on the mean-abs-difference cost
@@ -47,14 +48,8 @@ EPS = 1e-3
 
 
 def _layout_mean(x: Tensor) -> Tensor:
-    """Means over an 8x8 grid of blocks: [B, C, H, W] -> [B, C, 8, 8]; H, W multiples of 8.
-
-    Two reshapes and means, rows then columns: 2-4x faster than ``avg_pool2d`` with a large kernel on a CPU
-    (contiguous reductions), and plain Reshape / ReduceMean in ONNX.
-    """
-    bsz, c, h, w = x.shape
-    rows = x.reshape(bsz, c, CUT_POOL, h // CUT_POOL, w).mean(dim=3)  # [B, C, 8, W]
-    return rows.reshape(bsz, c, CUT_POOL, CUT_POOL, w // CUT_POOL).mean(dim=4)
+    """Means over an 8x8 grid of blocks: [B, C, H, W] -> [B, C, 8, 8]; H, W multiples of 8."""
+    return to_grid(x, (x.shape[-2] // CUT_POOL, x.shape[-1] // CUT_POOL))
 
 
 def cut_features(luma_small: Tensor, rgb: Tensor) -> Tensor:
@@ -80,8 +75,7 @@ def cut_features(luma_small: Tensor, rgb: Tensor) -> Tensor:
     dy = (luma_small[..., 1:, :] - luma_small[..., :-1, :]).abs()
     dx = F.pad(dx, (0, 1, 0, 0))
     dy = F.pad(dy, (0, 0, 0, 1))
-    pool = (luma_small.shape[-2] // CUT_POOL, luma_small.shape[-1] // CUT_POOL)
-    grad = F.avg_pool2d(torch.cat([dx, dy], dim=1), pool)  # [B, 2, 8, 8]
+    grad = _layout_mean(torch.cat([dx, dy], dim=1))  # [B, 2, 8, 8]
     grad = grad / (grad.mean(dim=(1, 2, 3), keepdim=True) + CUT_GRAD_EPS)
     return torch.cat([colour.reshape(bsz, -1), grad.reshape(bsz, -1)], dim=1)
 
@@ -228,17 +222,23 @@ def coarse_flow(luma_small: Tensor, prev_small: Tensor, grid: tuple[int, int], r
     stack = torch.cat([cols[..., radius - dy:radius - dy + h, :] for dy in range(-radius, radius + 1)], dim=1)
     cost = (luma_small - stack).abs()  # [B, S, h, w], S = (2r + 1)^2, dy-major
     shifts = [(dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    # Sums of strided slices: avg_pool2d over 81 channels costs ~5x more on a CPU.
-    cost = sum(cost[..., i::px_per_cell, j::px_per_cell]
-               for i in range(px_per_cell) for j in range(px_per_cell)) / px_per_cell ** 2  # [B, S, gh, gw]
+    # Per-cell means of the 81 cost planes. Eager: sums of strided slices (avg_pool2d costs ~5x more); runtimes:
+    # one 6-D ReduceMean (2.3x faster than the slices in onnxruntime).
+    if for_runtime():
+        bsz, s = cost.shape[:2]
+        cost = cost.reshape(bsz, s, grid[0], px_per_cell, grid[1], px_per_cell).mean(dim=(3, 5))
+    else:
+        cost = sum(cost[..., i::px_per_cell, j::px_per_cell]
+                   for i in range(px_per_cell) for j in range(px_per_cell)) / px_per_cell ** 2  # [B, S, gh, gw]
     # a 3x3-cell support window gives each cell enough texture to match
     gh, gw = grid
     cost = F.pad(cost, (1, 1, 1, 1), mode="replicate")
     cost = cost[..., :, 0:gw] + cost[..., :, 1:gw + 1] + cost[..., :, 2:gw + 2]
     cost = (cost[..., 0:gh, :] + cost[..., 1:gh + 1, :] + cost[..., 2:gh + 2, :]) / 9.0
-    weights = torch.softmax(-cost / FLOW_TEMPERATURE, dim=1)  # [B, S, gh, gw]
-    vec = torch.tensor(shifts, dtype=cost.dtype, device=cost.device).t() / px_per_cell  # [2, S] in cells
-    return (vec @ weights.flatten(2)).view(cost.shape[0], 2, gh, gw)
+    # softmax over the last axis: onnxruntime's kernel for an inner axis was 4.8x slower than a transpose and this
+    weights = torch.softmax(cost.flatten(2).transpose(1, 2) / -FLOW_TEMPERATURE, dim=-1)  # [B, gh * gw, S]
+    vec = torch.tensor(shifts, dtype=cost.dtype, device=cost.device) / px_per_cell  # [S, 2] in cells
+    return (weights @ vec).transpose(1, 2).reshape(cost.shape[0], 2, gh, gw)
 
 
 def backward_warp(maps: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
