@@ -137,8 +137,8 @@ class OnnxRuntimeRunner:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ConfigError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime "
-                              "(or onnxruntime-gpu)") from exc
+            raise ConfigError("backend 'onnxruntime' needs the 'onnx' extra: pip install 'arr_coc_stream[onnx]' "
+                              "(or '[gpu]' for onnxruntime-gpu)") from exc
         path = _model_path(model, ".onnx")
         available = ort.get_available_providers()
         chosen = [p for p in providers or ORT_PROVIDERS if p in available]

@@ -30,7 +30,8 @@ from .errors import ArrCocError
 PROG = "arr-coc-stream"
 _METAVARS = {"grid": ("GH", "GW"), "frame_size": ("H", "W")}
 # Optional packages a command may import, and the extra that installs each (a missing one: a one-line message).
-_EXTRAS = {"matplotlib": "plot", "scenedetect": "bench", "skvideo": "bench", "transformers": "clip"}
+_EXTRAS = {"matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "scenedetect": "bench",
+           "skvideo": "bench", "transformers": "clip"}
 # Engine options land under prefixed names, so a program's own argument of the same name (a demo's positional
 # "device") never becomes an engine option.
 _DEST = "config."

