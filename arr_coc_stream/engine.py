@@ -12,6 +12,11 @@ each frame the engine asks it for that frame's inputs (the clip head runs its de
 when the graph reports a cut the head may ask for the frame to run again with new inputs and the same ``*_in``
 (the state is explicit, so the re-run has no side effects). :attr:`FrameResult.keyframe` says why a frame was a
 keyframe.
+
+A frame goes through three steps: :meth:`Engine.begin` checks it against one stream's :class:`Slot` (state, clock,
+query) and makes its inputs, :meth:`Engine.run_steps` runs the graph once for the steps of any number of streams,
+and :meth:`Engine.finish` commits one row of the outputs to its slot. :meth:`Engine.process` is the three for its
+own slot; :class:`~arr_coc_stream.multi.MultiEngine` batches many slots through the same graph.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import functools
 import math
 import os
 import time as _time
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import cv2
@@ -36,6 +42,41 @@ from .result import FrameResult, cell_boxes, cells_to_pixels
 from .sources.base import DEFAULT_FPS
 
 T = TypeVar("T")
+
+
+@dataclass
+class Slot:
+    """One stream's bookkeeping between frames: its state tensors (batch 1), clock, frame size, count and query."""
+
+    state: dict[str, torch.Tensor]
+    query: EncodedQuery
+    query_tensors: dict[str, torch.Tensor]
+    fresh: bool = True
+    last_time: float | None = None
+    last_size: tuple[int, int] | None = None
+    count: int = 0
+
+    def set_query(self, query: EncodedQuery, tensors: Callable[[EncodedQuery], dict[str, torch.Tensor]]) -> None:
+        self.query, self.query_tensors = query, tensors(query)
+
+    def reset(self, state: dict[str, torch.Tensor]) -> None:
+        self.state, self.fresh, self.last_time, self.last_size = state, True, None, None
+
+
+@dataclass
+class Step:
+    """One stream's frame between :meth:`Engine.begin` and :meth:`Engine.finish`: checked values, graph inputs."""
+
+    slot: Slot
+    frame: np.ndarray
+    index: int
+    time: float
+    size: tuple[int, int]
+    reset: bool
+    inputs: dict[str, torch.Tensor]
+    keyframe: str | None
+    timings: dict[str, float]
+    start: float
 
 
 def _engine_threads(method: Callable[..., T]) -> Callable[..., T]:
@@ -116,23 +157,21 @@ class Engine:
                 self.companions[name] = runner
         self.spec = self.runner.spec
         self.backend: str = self.runner.name
-        self.query: EncodedQuery = self.head.encode(query)
-        self._query_tensors = self._tensors_for(self.query)
-        self._state = self._initial_state()
-        self._fresh = True
-        self._last_time: float | None = None
-        self._last_size: tuple[int, int] | None = None
-        self._count = 0
+        self._slot = self.new_slot(query)
+
+    @property
+    def query(self) -> EncodedQuery:
+        return self._slot.query
 
     @property
     def frames_processed(self) -> int:
-        return self._count
+        return self._slot.count
 
     @property
     def state(self) -> dict[str, torch.Tensor]:
         """The state the next frame starts from, by state name (batch 1; the engine's own tensors: read, do not
         modify)."""
-        return dict(self._state)
+        return dict(self._slot.state)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -143,15 +182,12 @@ class Engine:
 
     def set_query(self, query: str | None) -> None:
         """Change the query; takes effect from the next frame, temporal state kept."""
-        self.query = self.head.encode(query)
-        self._query_tensors = self._tensors_for(self.query)
+        self._slot.set_query(self.head.encode(query), self._tensors_for)
 
     def reset(self) -> None:
         """Start the temporal state over at the next frame (e.g. after seeking): fresh state tensors, no previous
         time or size; the query and the count of processed frames are kept."""
-        self._state = self._initial_state()
-        self._fresh = True
-        self._last_time = self._last_size = None
+        self._slot.reset(self._initial_state())
 
     @_engine_threads
     @torch.inference_mode()
@@ -175,44 +211,78 @@ class Engine:
                 frame leaves the engine as it was.
             ModelError: the graph produced a non-finite state (the state is kept as before the frame).
         """
+        step = self.begin(self._slot, frame, time, index=index, source_size=source_size, reset=reset)
+        return self.finish(step, self.run_steps([step]), 0)
+
+    def new_slot(self, query: str | None) -> Slot:
+        """A stream's fresh bookkeeping: state tensors, clock and the encoded query."""
+        encoded = self.head.encode(query)
+        return Slot(state=self._initial_state(), query=encoded, query_tensors=self._tensors_for(encoded))
+
+    def begin(self, slot: Slot, frame: np.ndarray, time: float | None = None, *, index: int | None = None,
+              source_size: tuple[int, int] | None = None, reset: bool = False) -> Step:
+        """Check one stream's frame and make its graph inputs (batch 1); nothing of ``slot`` changes yet."""
         start = _time.perf_counter()
-        index = self._count if index is None else _check_int("index", index, 0)
+        index = slot.count if index is None else _check_int("index", index, 0)
         frame = _check_frame(frame, index)
         size = (frame.shape[0], frame.shape[1]) if source_size is None else _check_size(source_size, index)
         if time is None:
-            time = (self._last_time + 1.0 / DEFAULT_FPS) if self._last_time is not None else 0.0
+            time = (slot.last_time + 1.0 / DEFAULT_FPS) if slot.last_time is not None else 0.0
         time = _check_time(time, index)
-        dt = 0.0 if self._last_time is None else time - self._last_time
-        reset = (reset or self._fresh or size != self._last_size or dt < 0 or dt > self.config.gap_limit_s)
+        dt = 0.0 if slot.last_time is None else time - slot.last_time
+        reset = (reset or slot.fresh or size != slot.last_size or dt < 0 or dt > self.config.gap_limit_s)
         timings: dict[str, float] = {}
         t0 = _time.perf_counter()
         x = self._to_input(frame)
         timings["resize"] = 1000.0 * (_time.perf_counter() - t0)
         inputs = {"frame": x, "dt": torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
-                  "reset": torch.tensor([reset], device=self.device), **self._query_tensors,
-                  **{s.in_name: self._state[s.name] for s in self.spec.states}}
-        extra, keyframe = self.head.before_frame(frame, self._state, reset=reset, first=self._count == 0,
+                  "reset": torch.tensor([reset], device=self.device), **slot.query_tensors,
+                  **{s.in_name: slot.state[s.name] for s in self.spec.states}}
+        extra, keyframe = self.head.before_frame(frame, slot.state, reset=reset, first=slot.count == 0,
                                                  dt=max(dt, 0.0), companions=self.companions, timings=timings)
-        out = self.runner({**inputs, **self._on_device(extra)}, timings)
-        if bool(out["cut"][0]):
-            again, keyframe = self.head.after_cut(frame, keyframe, self.companions, timings)
-            if again is not None:  # same *_in: the re-run has no side effects
-                out = self.runner({**inputs, **self._on_device(again)}, timings)
-        state = {s.name: out[s.out_name] for s in self.spec.states}
-        _check_state(state, index, self.backend)  # a non-finite value would stay in the state for good
-        self._state = state
-        self._fresh, self._last_time, self._last_size = False, time, size
-        self._count += 1
-        res = {t.name: out[t.name][0].cpu().numpy() for t in self.spec.outputs}
-        timings["total"] = 1000.0 * (_time.perf_counter() - start)
+        return Step(slot, frame, index, time, size, reset, {**inputs, **self._on_device(extra)}, keyframe, timings,
+                    start)
+
+    def run_steps(self, steps: list[Step]) -> dict[str, torch.Tensor]:
+        """One graph call for the steps of several streams, batched in order; a stream whose frame is a cut and
+        whose query head asks for it runs again alone with its new inputs (same ``*_in``: no side effects).
+
+        Returns:
+            every output by name, [len(steps), ...].
+        """
+        timings: dict[str, float] = {}
+        batch = steps[0].inputs if len(steps) == 1 else {
+            name: torch.cat([s.inputs[name] for s in steps]) for name in steps[0].inputs}
+        out = self.runner(batch, timings)
+        for i, step in enumerate(steps):
+            step.timings.update(timings)
+            if bool(out["cut"][i]):
+                again, step.keyframe = self.head.after_cut(step.frame, step.keyframe, self.companions, step.timings)
+                if again is not None:
+                    step.inputs.update(self._on_device(again))
+                    row = self.runner(step.inputs, step.timings)
+                    out = {name: torch.cat([t[:i], row[name], t[i + 1:]]) if len(steps) > 1 else row[name]
+                           for name, t in out.items()}
+        return out
+
+    def finish(self, step: Step, out: dict[str, torch.Tensor], i: int) -> FrameResult:
+        """Commit row ``i`` of a graph call's outputs to the step's stream and make its :class:`FrameResult`."""
+        slot = step.slot
+        state = {s.name: out[s.out_name][i:i + 1] for s in self.spec.states}
+        _check_state(state, step.index, self.backend)  # a non-finite value would stay in the state for good
+        slot.state = state
+        slot.fresh, slot.last_time, slot.last_size = False, step.time, step.size
+        slot.count += 1
+        res = {t.name: out[t.name][i].cpu().numpy() for t in self.spec.outputs}
+        step.timings["total"] = 1000.0 * (_time.perf_counter() - step.start)
         return FrameResult(
-            index=index, time=float(time), relevance=res["relevance"], indices=res["indices"],
+            index=step.index, time=float(step.time), relevance=res["relevance"], indices=res["indices"],
             scores=res["scores"], valid=res["valid"], budgets=res["budgets"], lod=res["lod"],
-            boxes=cell_boxes(res["indices"], self.config.grid, size),
-            windows=cells_to_pixels(res["boxes"], self.config.grid, size),
+            boxes=cell_boxes(res["indices"], self.config.grid, step.size),
+            windows=cells_to_pixels(res["boxes"], self.config.grid, step.size),
             cut=bool(res["cut"]), scene_score=float(res["scene_score"]), motion=float(res["motion"]),
-            query_terms=self.query.terms, query_ignored=self.query.ignored, timings=timings, reset=bool(reset or res["cut"]), source_size=size,
-            keyframe=keyframe,
+            query_terms=slot.query.terms, query_ignored=slot.query.ignored, timings=step.timings,
+            reset=bool(step.reset or res["cut"]), source_size=step.size, keyframe=step.keyframe,
         )
 
     def header(self) -> dict[str, Any]:

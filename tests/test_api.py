@@ -21,7 +21,7 @@ def test_public_names_snapshot() -> None:
     # other code builds on these names: changing them is a deliberate, visible decision
     assert sorted(acs.__all__) == sorted([
         "ArrCocError", "CHANNELS", "ConfigError", "Engine", "EngineConfig", "FrameResult", "InputError",
-        "InputTypeError", "MissingExtraError", "ModelError", "OutputError", "QueryError", "QueryWarning",
+        "InputTypeError", "MissingExtraError", "ModelError", "MultiEngine", "OutputError", "QueryError", "QueryWarning",
         "SourceError", "SourceWarning", "__version__", "export_onnx", "read_jsonl", "run", "stream",
     ])
     for name in acs.__all__:
