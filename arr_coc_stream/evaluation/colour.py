@@ -3,7 +3,7 @@
 Truth is independent of the engine: the truth functions import nothing from :mod:`arr_coc_stream` (only the
 engine runs use its public API: ``stream``, ``sources.IterableSource`` and ``EngineConfig``), and decide colours
 from a human naming data set (the XKCD colour survey's 949 names that matplotlib ships) and from HSV / CIELAB
-ranges (``../shared/notes/colour-truth-facts.md`` explains why both). Needs the dev extras (matplotlib,
+ranges (``docs/colour-truth.md`` explains why both). Needs the dev extras (matplotlib,
 scikit-video).
 
 Per pixel and colour word (:data:`WORDS`, the eleven basic colour terms):
