@@ -96,7 +96,11 @@ def _standard_strides(t: torch.Tensor) -> torch.Tensor:
     A compiled graph's guards check input strides exactly; a state that came out of the previous frame as a view
     (a channel of the texture: [1, 32, 32] with a batch stride of 36 x 32 x 32) would compile a second graph.
     """
-    if t.stride() == torch.empty(t.shape, device="meta").stride():
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= size
+    if t.stride() == tuple(reversed(expected)):
         return t
     return t.clone(memory_format=torch.contiguous_format)
 

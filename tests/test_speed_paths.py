@@ -176,3 +176,13 @@ def test_load_table_compares_quiet_and_loaded_fps_of_one_run() -> None:
     assert table[0][:4] == ["decode only", "120.0", "60.0", "2.00"]
     assert table[1] == ["torch", "60.0", "30.0", "2.00", "0.50"]
     assert table[2] == ["onnxruntime", "90.0", "45.0", "2.00", "0.75"]
+
+
+def test_inputs_of_a_compiled_graph_get_the_strides_of_a_fresh_tensor() -> None:
+    from arr_coc_stream.backends import _standard_strides
+
+    fresh = torch.zeros(1, 32, 32)
+    assert _standard_strides(fresh) is fresh  # no copy when nothing is to fix
+    channel = torch.arange(36 * 32 * 32.0).reshape(1, 36, 32, 32)[:, 3]  # a texture channel fed back as state
+    fixed = _standard_strides(channel)
+    assert channel.stride() == (36864, 32, 1) and fixed.stride() == (1024, 32, 1) and torch.equal(fixed, channel)
