@@ -31,7 +31,7 @@ PROG = "arr-coc-stream"
 _METAVARS = {"grid": ("GH", "GW"), "frame_size": ("H", "W")}
 # Optional packages a command may import, and the extra that installs each (a missing one: a one-line message).
 _EXTRAS = {"matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "scenedetect": "bench",
-           "skvideo": "bench", "transformers": "clip"}
+           "skvideo": "bench", "transformers": "clip", "ray": "ray"}
 # Engine options land under prefixed names, so a program's own argument of the same name (a demo's positional
 # "device") never becomes an engine option.
 _DEST = "config."
@@ -320,6 +320,39 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- batch
+def _add_batch(p: argparse.ArgumentParser) -> None:
+    p.epilog = ("exit status: 0 every video processed whole; 3 some failed (partial failure: the others' outputs "
+                "are written, the failed ones are rows with their error); 2 bad usage, or every video failed")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, each processed whole (their stems name "
+                                                             "the outputs, so they must differ)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for <stem>.jsonl per video and summary.csv (created)")
+    p.add_argument("--query", "-q", help="text query of every video (default: none)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run as a Ray Data job: on a local Ray using every CPU, or on the cluster at ADDRESS "
+                        "(ray://head:10001, auto), which must see the videos and DIR at the same paths "
+                        "(needs the ray extra)")
+    p.add_argument("--actors", type=int, help="Ray actors side by side (default: one per cluster CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="what runs the graph (default: torch)")
+    p.add_argument("--model", help="exported .onnx (onnxruntime) or built .engine (tensorrt), as for run")
+    add_config_options(p)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import SUMMARY_NAME, batch, format_table
+
+    rows = batch(args.videos, args.out, query=args.query, ray_address=args.ray, actors=args.actors,
+                 progress=not args.quiet, backend=args.backend, model=args.model, **config_options(args))
+    print(format_table(rows))
+    failed = sum(not r.ok for r in rows)
+    print(f"\n{len(rows) - failed} of {len(rows)} videos processed, {failed} failed; summary in "
+          f"{args.out / SUMMARY_NAME}")
+    return 0 if not failed else 3 if failed < len(rows) else 2
+
+
 # ---------------------------------------------------------------------------------------------------- eval
 def _add_eval(p: argparse.ArgumentParser) -> None:
     from .evaluation.colour import CLIPS, WORDS
@@ -369,6 +402,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "export": (_add_export, _cmd_export, "export the per-frame graph (and the query head's companions) to ONNX"),
     "build-trt": (_add_build_trt, _cmd_build_trt, "build TensorRT engines from an exported ONNX file"),
     "bench": (_add_bench, _cmd_bench, "speed and quality benchmark, printed as tables"),
+    "batch": (_add_batch, _cmd_batch, "process many videos, each whole, in this process or as a Ray Data job: a "
+                                      "JSONL per video and a summary table"),
     "eval": (_add_eval, _cmd_eval, "relevance quality on real clips against truth from the pixels: colour words "
                                    "(AUC, recall, lift, tokens) and scene cuts beside PySceneDetect"),
 }

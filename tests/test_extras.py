@@ -78,5 +78,5 @@ def test_the_extras_match_how_people_install() -> None:
     assert {"onnx", "gpu", "trt", "clip", "plot", "bench", "all"} <= set(extras)
     assert any(r.startswith("onnxruntime>") for r in extras["onnx"])  # the CPU runtime, not onnxruntime-gpu
     # [all] is what a CPU machine can install: never the GPU runtime (same module as the CPU one) nor TensorRT
-    assert extras["all"] == ["arr_coc_stream[onnx,clip,plot,bench]"]
+    assert extras["all"] == ["arr_coc_stream[onnx,clip,plot,bench,ray]"]
     assert (ROOT / "arr_coc_stream" / "py.typed").is_file()
