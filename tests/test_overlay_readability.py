@@ -9,25 +9,10 @@ import skimage.data
 
 import arr_coc_stream as acs
 from arr_coc_stream import viz
-from arr_coc_stream.result import FrameResult, cell_boxes
+from conftest import hand_result, selection_pixels
 
 LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luma weights of R, G, B
 BAND = slice(64, 400)  # rows clear of the banner (top) and the legend (bottom) on the 480-row frames here
-
-
-def _result(grid: tuple[int, int], size: tuple[int, int], cells: list[tuple[int, int]], *,
-            relevance: np.ndarray | None = None, budgets: list[int] | None = None,
-            windows: list[tuple[int, int, int, int]] | None = None) -> FrameResult:
-    """A hand-made result selecting ``cells`` (y, x) in score order, with optional budgets and pixel windows."""
-    k = len(cells)
-    indices = np.array([y * grid[1] + x for y, x in cells], dtype=np.int64)
-    b = np.array(budgets or [0] * k, dtype=np.int32)
-    lod = np.where(b > 0, np.select([b >= 300, b >= 200, b >= 100], [0, 1, 2], 3), -1).astype(np.int32)
-    boxes = cell_boxes(indices, grid, size)
-    return FrameResult(index=7, time=0.28, relevance=np.zeros(grid, np.float32) if relevance is None else relevance,
-                       indices=indices, scores=np.linspace(0.9, 0.5, k).astype(np.float32), valid=np.ones(k, bool),
-                       budgets=b, lod=lod, boxes=boxes, windows=np.array(windows, np.int32) if windows else boxes,
-                       cut=False, scene_score=0.0, motion=0.0, source_size=size)
 
 
 def _luma_ratio(out: np.ndarray, src: np.ndarray, where: np.ndarray) -> float:
@@ -35,20 +20,14 @@ def _luma_ratio(out: np.ndarray, src: np.ndarray, where: np.ndarray) -> float:
     return float((out[where] @ LUMA).mean() / (src[where] @ LUMA).mean())
 
 
-def _pixel_mask(result: FrameResult, h: int, w: int) -> np.ndarray:
-    """[h, w] bool: pixels of selected cells."""
-    gh, gw = result.grid
-    return result.selection_mask()[np.arange(h) * gh // h][:, np.arange(w) * gw // w]
-
-
 def test_non_selected_cells_are_at_least_40_percent_darker() -> None:
     # a real photograph, and the worst case for dimming: every non-selected cell at full relevance, whose
     # inferno colour (near white-yellow) is the brightest tint there is
     src = cv2.resize(skimage.data.astronaut(), (640, 480), interpolation=cv2.INTER_AREA)
     cells = [(y, x) for y in range(8, 20) for x in range(10, 22)]
-    res = _result((32, 32), (480, 640), cells, relevance=np.ones((32, 32), np.float32))
+    res = hand_result((32, 32), (480, 640), cells, relevance=np.ones((32, 32), np.float32))
     out = viz.draw_overlay(src, res)
-    selected = _pixel_mask(res, 480, 640)
+    selected = selection_pixels(res, 480, 640)
     inner = cv2.erode(selected.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # clear of the cyan outline
     outside = ~cv2.dilate(selected.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     outside[:BAND.start], outside[BAND.stop:] = False, False
@@ -61,7 +40,7 @@ def test_a_real_result_dims_what_it_does_not_select() -> None:
     src = cv2.resize(skimage.data.astronaut(), (640, 480), interpolation=cv2.INTER_AREA)
     res = acs.run([src], query="red")[0]  # the engine's own relevance and selection on a known frame
     out = viz.draw_overlay(src, res)
-    outside = ~cv2.dilate(_pixel_mask(res, 480, 640).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    outside = ~cv2.dilate(selection_pixels(res, 480, 640).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     outside[:BAND.start], outside[BAND.stop:] = False, False
     for x0, y0, x1, y1 in res.windows[res.budgets > 0]:  # window outlines pass through unselected cells
         outside[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4] = False
@@ -87,7 +66,7 @@ def test_one_outline_per_budgeted_window_and_none_for_suppressed_ones() -> None:
     windows = [(32, 96, 160, 224), (96, 160, 224, 288), (64, 96, 192, 224), (320, 96, 448, 224),
                (480, 224, 608, 352)]
     cells = [(4, 2), (6, 4), (4, 3), (4, 11), (8, 16)]
-    res = _result((15, 20), (480, 640), cells, budgets=[400, 256, 0, 196, 100], windows=windows)
+    res = hand_result((15, 20), (480, 640), cells, budgets=[400, 256, 0, 196, 100], windows=windows)
     out = viz.draw_overlay(frame, res)
     assert _holes(out) == int((res.budgets > 0).sum()) == 4
     assert not out[96, 170:190].any()  # C's top edge, right of A: not drawn
@@ -101,8 +80,8 @@ def test_one_outline_per_budgeted_window_and_none_for_suppressed_ones() -> None:
 def test_the_legend_gives_each_window_its_level_of_detail_and_budget() -> None:
     frame = np.zeros((480, 640, 3), np.uint8)
     cells, windows = [(4, 2), (4, 11)], [(32, 96, 160, 224), (320, 96, 448, 224)]
-    with_crops = viz.draw_overlay(frame, _result((15, 20), (480, 640), cells, budgets=[400, 100], windows=windows))
-    without = viz.draw_overlay(frame, _result((15, 20), (480, 640), cells, windows=windows))
+    with_crops = viz.draw_overlay(frame, hand_result((15, 20), (480, 640), cells, budgets=[400, 100], windows=windows))
+    without = viz.draw_overlay(frame, hand_result((15, 20), (480, 640), cells, windows=windows))
     grey = round(255 * (0.3 + 0.7 * 100 / viz.MAX_BUDGET))  # the 100-token window's grey fills its legend tag
     legend = slice(BAND.stop, None)
     assert np.all(with_crops[legend] == grey, axis=-1).sum() > 300
@@ -111,7 +90,7 @@ def test_the_legend_gives_each_window_its_level_of_detail_and_budget() -> None:
 
 def test_a_cut_frame_is_framed_in_red() -> None:
     frame = np.full((480, 640, 3), 128, np.uint8)
-    res = _result((15, 20), (480, 640), [(7, 10)])
+    res = hand_result((15, 20), (480, 640), [(7, 10)])
     plain = viz.draw_overlay(frame, res)
     res.cut = True
     marked = viz.draw_overlay(frame, res)
