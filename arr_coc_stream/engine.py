@@ -56,12 +56,6 @@ class Slot:
     last_size: tuple[int, int] | None = None
     count: int = 0
 
-    def set_query(self, query: EncodedQuery, tensors: Callable[[EncodedQuery], dict[str, torch.Tensor]]) -> None:
-        self.query, self.query_tensors = query, tensors(query)
-
-    def reset(self, state: dict[str, torch.Tensor]) -> None:
-        self.state, self.fresh, self.last_time, self.last_size = state, True, None, None
-
 
 @dataclass
 class Step:
@@ -182,12 +176,12 @@ class Engine:
 
     def set_query(self, query: str | None) -> None:
         """Change the query; takes effect from the next frame, temporal state kept."""
-        self._slot.set_query(self.head.encode(query), self._tensors_for)
+        self.set_slot_query(self._slot, query)
 
     def reset(self) -> None:
         """Start the temporal state over at the next frame (e.g. after seeking): fresh state tensors, no previous
         time or size; the query and the count of processed frames are kept."""
-        self._slot.reset(self._initial_state())
+        self.reset_slot(self._slot)
 
     @_engine_threads
     @torch.inference_mode()
@@ -218,6 +212,15 @@ class Engine:
         """A stream's fresh bookkeeping: state tensors, clock and the encoded query."""
         encoded = self.head.encode(query)
         return Slot(state=self._initial_state(), query=encoded, query_tensors=self._tensors_for(encoded))
+
+    def set_slot_query(self, slot: Slot, query: str | None) -> None:
+        """Give one stream a new query from its next frame, its state kept."""
+        slot.query = self.head.encode(query)
+        slot.query_tensors = self._tensors_for(slot.query)
+
+    def reset_slot(self, slot: Slot) -> None:
+        """Start one stream over at its next frame: fresh state tensors, no previous time or size."""
+        slot.state, slot.fresh, slot.last_time, slot.last_size = self._initial_state(), True, None, None
 
     def begin(self, slot: Slot, frame: np.ndarray, time: float | None = None, *, index: int | None = None,
               source_size: tuple[int, int] | None = None, reset: bool = False) -> Step:

@@ -78,11 +78,11 @@ class MultiEngine:
 
     def set_query(self, key: Hashable, query: str | None) -> None:
         """Change one stream's query from its next frame, its state kept."""
-        self._slot(key).set_query(self.engine.head.encode(query), self.engine._tensors_for)
+        self.engine.set_slot_query(self._slot(key), query)
 
     def reset(self, key: Hashable) -> None:
         """Start one stream's state over at its next frame."""
-        self._slot(key).reset(self.engine._initial_state())
+        self.engine.reset_slot(self._slot(key))
 
     def frames_processed(self, key: Hashable) -> int:
         return self._slot(key).count

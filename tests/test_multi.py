@@ -102,6 +102,10 @@ def test_slots_are_limited_and_a_bad_frame_changes_no_stream() -> None:
     with pytest.raises(ConfigError, match="no stream"):
         multi.remove("b")
     assert multi.process({"c": frame})["c"].reset  # the freed slot starts fresh
+    multi.set_query("a", "red")
+    multi.reset("a")
+    a = multi.process({"a": (frame, 0.08)})["a"]
+    assert a.reset and a.query_terms == Engine(query="red", **OPTIONS).query.terms
     with pytest.raises(ConfigError, match="streams"):
         MultiEngine(streams=0)
 
