@@ -15,8 +15,18 @@ from .api import run, stream
 from .channels import CHANNELS
 from .config import EngineConfig
 from .engine import Engine
-from .errors import (ArrCocError, ConfigError, InputError, InputTypeError, MissingExtraError, ModelError, OutputError,
-                     QueryError, SourceError, SourceWarning)
+from .errors import (
+    ArrCocError,
+    ConfigError,
+    InputError,
+    InputTypeError,
+    MissingExtraError,
+    ModelError,
+    OutputError,
+    QueryError,
+    SourceError,
+    SourceWarning,
+)
 from .export import export_onnx
 from .multi import MultiEngine
 from .query import QueryWarning
@@ -24,8 +34,8 @@ from .result import FrameResult
 from .sinks import read_jsonl
 
 __all__ = [
-    "ArrCocError",
     "CHANNELS",
+    "ArrCocError",
     "ConfigError",
     "Engine",
     "EngineConfig",
@@ -33,8 +43,8 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "MissingExtraError",
-    "MultiEngine",
     "ModelError",
+    "MultiEngine",
     "OutputError",
     "QueryError",
     "QueryWarning",

@@ -15,9 +15,10 @@ import numbers
 import os
 import time
 import warnings
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterable, Iterator
+from typing import Any
 
 from .engine import Engine
 from .errors import ConfigError, MissingExtraError, OutputError, SourceWarning
@@ -54,7 +55,7 @@ class Stream(Iterator[FrameResult]):
     def __init__(self, frames: Generator[FrameResult, None, None], status: _Status) -> None:
         self._frames, self._status = frames, status
 
-    def __iter__(self) -> "Stream":
+    def __iter__(self) -> Stream:
         return self
 
     def __next__(self) -> FrameResult:
@@ -64,7 +65,7 @@ class Stream(Iterator[FrameResult]):
         """Stop: close the outputs and the source, join its threads; safe to call again."""
         self._frames.close()
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,12 +91,21 @@ class Results(list[FrameResult]):
     reason: str | None = None
 
 
-def stream(source: SourceLike, query: str | None = None, *, jsonl: str | os.PathLike[str] | None = None,
-           overlay: str | os.PathLike[str] | None = None, overlay_scale: float = 1.0,
-           plot: str | os.PathLike[str] | None = None,
-           callbacks: Iterable[Callable[[FrameResult], None]] = (), max_frames: int | None = None,
-           progress: bool = False, backend: str = "torch", model: str | os.PathLike[str] | None = None,
-           **options: Any) -> Stream:
+def stream(
+    source: SourceLike,
+    query: str | None = None,
+    *,
+    jsonl: str | os.PathLike[str] | None = None,
+    overlay: str | os.PathLike[str] | None = None,
+    overlay_scale: float = 1.0,
+    plot: str | os.PathLike[str] | None = None,
+    callbacks: Iterable[Callable[[FrameResult], None]] = (),
+    max_frames: int | None = None,
+    progress: bool = False,
+    backend: str = "torch",
+    model: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Stream:
     """Yield a :class:`FrameResult` per frame of ``source`` as it is processed.
 
     The options below are checked here, at the call; the engine is built, the source opened and the outputs
@@ -137,25 +147,57 @@ def stream(source: SourceLike, query: str | None = None, *, jsonl: str | os.Path
         [0, 1, 2, 3, 4]
     """
     callbacks = list(callbacks)
-    _check_options(source, jsonl=jsonl, overlay=overlay, overlay_scale=overlay_scale, plot=plot,
-                   callbacks=callbacks, max_frames=max_frames)
+    _check_options(
+        source,
+        jsonl=jsonl,
+        overlay=overlay,
+        overlay_scale=overlay_scale,
+        plot=plot,
+        callbacks=callbacks,
+        max_frames=max_frames,
+    )
     status = _Status()
-    frames = _frames(source, query, status, jsonl=jsonl, overlay=overlay, overlay_scale=overlay_scale, plot=plot,
-                     callbacks=callbacks, max_frames=max_frames, progress=progress, backend=backend, model=model,
-                     options=options)
+    frames = _frames(
+        source,
+        query,
+        status,
+        jsonl=jsonl,
+        overlay=overlay,
+        overlay_scale=overlay_scale,
+        plot=plot,
+        callbacks=callbacks,
+        max_frames=max_frames,
+        progress=progress,
+        backend=backend,
+        model=model,
+        options=options,
+    )
     return Stream(frames, status)
 
 
-def _frames(source: SourceLike, query: str | None, status: _Status, *, jsonl: str | os.PathLike[str] | None,
-            overlay: str | os.PathLike[str] | None, overlay_scale: float, plot: str | os.PathLike[str] | None,
-            callbacks: list[Callable[[FrameResult], None]], max_frames: int | None, progress: bool, backend: str,
-            model: str | os.PathLike[str] | None, options: dict[str, Any]) -> Generator[FrameResult, None, None]:
+def _frames(
+    source: SourceLike,
+    query: str | None,
+    status: _Status,
+    *,
+    jsonl: str | os.PathLike[str] | None,
+    overlay: str | os.PathLike[str] | None,
+    overlay_scale: float,
+    plot: str | os.PathLike[str] | None,
+    callbacks: list[Callable[[FrameResult], None]],
+    max_frames: int | None,
+    progress: bool,
+    backend: str,
+    model: str | os.PathLike[str] | None,
+    options: dict[str, Any],
+) -> Generator[FrameResult, None, None]:
     """The stream's generator: engine, source, outputs, then a result per frame (see :func:`stream`)."""
     try:
         engine = Engine(query=query, backend=backend, model=model, **options)
         config = engine.config
-        src = open_source(source, size=engine.input_size if config.input_mode == "work" else None,
-                          keep_full=overlay is not None)
+        src = open_source(
+            source, size=engine.input_size if config.input_mode == "work" else None, keep_full=overlay is not None
+        )
     except BaseException:
         if isinstance(source, Source):  # the stream owns the source it was given, also when it never starts
             source.close()
@@ -170,8 +212,11 @@ def _frames(source: SourceLike, query: str | None, status: _Status, *, jsonl: st
             from tqdm import tqdm
 
             total = getattr(getattr(src, "info", None), "frames", None)
-            bar = tqdm(total=min(total, max_frames) if total and max_frames else total or max_frames,
-                       unit="frame", desc="arr-coc-stream")
+            bar = tqdm(
+                total=min(total, max_frames) if total and max_frames else total or max_frames,
+                unit="frame",
+                desc="arr-coc-stream",
+            )
         info = _info_dict(src)
         if jsonl is not None:
             writer = JsonlSink(jsonl, {**engine.header(), "source": info})
@@ -182,8 +227,14 @@ def _frames(source: SourceLike, query: str | None, status: _Status, *, jsonl: st
             if overlay is not None:
                 sinks.append(OverlaySink(overlay, fps=info.get("fps"), scale=overlay_scale, query=engine.query.text))
             if plot is not None:
-                sinks.append(TimelineSink(plot, title=_plot_title(info, engine.query.text),
-                                          cut_threshold=config.cut_threshold, budget_cap=config.max_total_budget))
+                sinks.append(
+                    TimelineSink(
+                        plot,
+                        title=_plot_title(info, engine.query.text),
+                        cut_threshold=config.cut_threshold,
+                        budget_cap=config.max_total_budget,
+                    )
+                )
         frames = iter(src)
         while True:
             if max_frames is not None and engine.frames_processed >= max_frames:
@@ -199,8 +250,9 @@ def _frames(source: SourceLike, query: str | None, status: _Status, *, jsonl: st
                 break
             status.busy = True
             decode_ms = 1000.0 * (time.perf_counter() - t0)
-            result = engine.process(frame.rgb, frame.time, index=frame.index, source_size=frame.source_size,
-                                    reset=frame.reset)
+            result = engine.process(
+                frame.rgb, frame.time, index=frame.index, source_size=frame.source_size, reset=frame.reset
+            )
             result.timings["decode"] = decode_ms
             result.gap, result.dropped = frame.gap, frame.dropped
             for sink in sinks:  # the JSONL sink first: a frame is on disk before anything slower runs
@@ -251,20 +303,26 @@ def run(source: SourceLike, query: str | None = None, **options: Any) -> Results
     return results
 
 
-def _check_options(source: Any, *, jsonl: Any, overlay: Any, overlay_scale: Any, plot: Any,
-                   callbacks: list[Any], max_frames: Any) -> None:
+def _check_options(
+    source: Any, *, jsonl: Any, overlay: Any, overlay_scale: Any, plot: Any, callbacks: list[Any], max_frames: Any
+) -> None:
     """Raise before anything is opened: :class:`ConfigError` naming the option, :class:`MissingExtraError`."""
-    if isinstance(overlay_scale, bool) or not isinstance(overlay_scale, numbers.Real) or \
-            not (math.isfinite(overlay_scale) and 0.0 < overlay_scale <= 4.0):
+    if (
+        isinstance(overlay_scale, bool)
+        or not isinstance(overlay_scale, numbers.Real)
+        or not (math.isfinite(overlay_scale) and 0.0 < overlay_scale <= 4.0)
+    ):
         raise ConfigError(f"overlay_scale must be a number in (0, 4], got {overlay_scale!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral)
-                                   or max_frames < 1):
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral) or max_frames < 1
+    ):
         raise ConfigError(f"max_frames must be an int >= 1 or None, got {max_frames!r}")
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise ConfigError(f"callbacks[{i}] is not callable: {cb!r}")
-    outputs = {name: path for name, path in (("jsonl", jsonl), ("overlay", overlay), ("plot", plot))
-               if path is not None}
+    outputs = {
+        name: path for name, path in (("jsonl", jsonl), ("overlay", overlay), ("plot", plot)) if path is not None
+    }
     seen: dict[Path, str] = {}
     if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
         seen[Path(source).resolve()] = "the source"
@@ -281,8 +339,10 @@ def _check_options(source: Any, *, jsonl: Any, overlay: Any, overlay_scale: Any,
         from .viz import OVERLAY_SUFFIXES
 
         if Path(overlay).suffix.lower() not in OVERLAY_SUFFIXES:
-            raise ConfigError(f"overlay {os.fspath(overlay)!r}: the overlay is a fragmented MP4, name it "
-                              f"{' / '.join(OVERLAY_SUFFIXES)}")
+            raise ConfigError(
+                f"overlay {os.fspath(overlay)!r}: the overlay is a fragmented MP4, name it "
+                f"{' / '.join(OVERLAY_SUFFIXES)}"
+            )
     if plot is not None:
         try:
             from matplotlib.backend_bases import FigureCanvasBase
@@ -314,5 +374,6 @@ def _info_dict(src: Source) -> dict[str, Any]:
     info = getattr(src, "info", None)
     if info is None:
         return {}
-    return {k: getattr(info, k) for k in ("uri", "width", "height", "fps", "frames", "codec", "live")
-            if hasattr(info, k)}
+    return {
+        k: getattr(info, k) for k in ("uri", "width", "height", "fps", "frames", "codec", "live") if hasattr(info, k)
+    }

@@ -23,8 +23,9 @@ MIN_SIDE, MAX_SIDE = 8, 20  # budget sides in tokens: 64..400 tokens
 LOD_THRESHOLDS = (300, 200, 100)  # budget >= 300 -> lod 0, >= 200 -> 1, >= 100 -> 2, else 3
 
 
-def select(relevance: Tensor, fixation: Tensor, k: int, explore_k: int, floor: float,
-           inhibition: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def select(
+    relevance: Tensor, fixation: Tensor, k: int, explore_k: int, floor: float, inhibition: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Pick up to ``k`` cells: exploit slots by relevance, explore slots with inhibition of return.
 
     Args:
@@ -67,8 +68,9 @@ def crop_windows(indices: Tensor, grid: tuple[int, int], crop_cells: int) -> Ten
     return torch.stack([y0, x0, y0 + crop_cells, x0 + crop_cells], dim=-1)
 
 
-def foveal_budgets(scores: Tensor, valid: Tensor, boxes: Tensor, max_foveal: int, max_total: int,
-                   kappa: float, nms_iou: Tensor) -> tuple[Tensor, Tensor]:
+def foveal_budgets(
+    scores: Tensor, valid: Tensor, boxes: Tensor, max_foveal: int, max_total: int, kappa: float, nms_iou: Tensor
+) -> tuple[Tensor, Tensor]:
     """Token budgets and levels of detail for the best selected cells.
 
     In score order over the first ``max_foveal`` selected cells: a cell whose window overlaps an accepted window
@@ -92,10 +94,12 @@ def foveal_budgets(scores: Tensor, valid: Tensor, boxes: Tensor, max_foveal: int
     m = min(max_foveal, k)
     b = boxes[:, :m].to(scores.dtype)  # [B, M, 4]
     area = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    iy = torch.clamp(torch.minimum(b[:, :, None, 2], b[:, None, :, 2])
-                     - torch.maximum(b[:, :, None, 0], b[:, None, :, 0]), min=0)
-    ix = torch.clamp(torch.minimum(b[:, :, None, 3], b[:, None, :, 3])
-                     - torch.maximum(b[:, :, None, 1], b[:, None, :, 1]), min=0)
+    iy = torch.clamp(
+        torch.minimum(b[:, :, None, 2], b[:, None, :, 2]) - torch.maximum(b[:, :, None, 0], b[:, None, :, 0]), min=0
+    )
+    ix = torch.clamp(
+        torch.minimum(b[:, :, None, 3], b[:, None, :, 3]) - torch.maximum(b[:, :, None, 1], b[:, None, :, 1]), min=0
+    )
     inter = iy * ix
     iou = inter / (area[:, :, None] + area[:, None, :] - inter)  # [B, M, M]
     order = torch.arange(m, device=scores.device)
@@ -133,9 +137,23 @@ def update_fixation(fixation: Tensor, indices: Tensor, valid: Tensor, dt: Tensor
     return d * fixation + (1.0 - d) * selected
 
 
-def attend(relevance: Tensor, tex: Tensor, dt: Tensor, grid: tuple[int, int], k: int, explore_k: int, floor: float,
-           crop_cells: int, max_foveal: int, max_total: int, kappa: float, inhibition: Tensor,
-           nms_iou: Tensor, tau_fixation_s: float, confidence: Tensor | None = None) -> dict[str, Tensor]:
+def attend(
+    relevance: Tensor,
+    tex: Tensor,
+    dt: Tensor,
+    grid: tuple[int, int],
+    k: int,
+    explore_k: int,
+    floor: float,
+    crop_cells: int,
+    max_foveal: int,
+    max_total: int,
+    kappa: float,
+    inhibition: Tensor,
+    nms_iou: Tensor,
+    tau_fixation_s: float,
+    confidence: Tensor | None = None,
+) -> dict[str, Tensor]:
     """The whole stage: selection, crop windows, foveal budgets and the next fixation history.
 
     Reads channel fixation (the warped history, zero where it has none). The foveal budgets follow relevance
@@ -159,11 +177,19 @@ def attend(relevance: Tensor, tex: Tensor, dt: Tensor, grid: tuple[int, int], k:
     indices, scores, selected = select(rel_flat, fix_flat, k, explore_k, floor, inhibition)
     boxes = crop_windows(indices, grid, crop_cells)
     crop_scores = scores if confidence is None else scores * confidence[:, None]
-    budgets, lod = foveal_budgets(crop_scores, selected & (crop_scores >= floor), boxes, max_foveal, max_total, kappa,
-                                  nms_iou)
+    budgets, lod = foveal_budgets(
+        crop_scores, selected & (crop_scores >= floor), boxes, max_foveal, max_total, kappa, nms_iou
+    )
     fixation = update_fixation(fix_flat, indices, selected, dt, tau_fixation_s)
-    return {"indices": indices, "scores": scores, "valid": selected, "boxes": boxes.to(torch.int32),
-            "budgets": budgets, "lod": lod, "fixation": fixation.reshape(bsz, gh, gw)}
+    return {
+        "indices": indices,
+        "scores": scores,
+        "valid": selected,
+        "boxes": boxes.to(torch.int32),
+        "budgets": budgets,
+        "lod": lod,
+        "fixation": fixation.reshape(bsz, gh, gw),
+    }
 
 
 class Attending(nn.Module):
@@ -178,5 +204,20 @@ class Attending(nn.Module):
 
     def forward(self, relevance: Tensor, tex: Tensor, dt: Tensor, confidence: Tensor) -> dict[str, Tensor]:
         c = self.config
-        return attend(relevance, tex, dt, c.grid, c.k, c.explore_k, c.relevance_floor, c.crop_cells, c.max_foveal,
-                      c.max_total_budget, c.kappa, self.inhibition, self.nms_iou, c.tau_fixation_s, confidence)
+        return attend(
+            relevance,
+            tex,
+            dt,
+            c.grid,
+            c.k,
+            c.explore_k,
+            c.relevance_floor,
+            c.crop_cells,
+            c.max_foveal,
+            c.max_total_budget,
+            c.kappa,
+            self.inhibition,
+            self.nms_iou,
+            c.tau_fixation_s,
+            confidence,
+        )

@@ -63,8 +63,16 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, module: nn.Module, spec: GraphSpec, device: torch.device, *, timed: bool = False,
-                 threads: int | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        spec: GraphSpec,
+        device: torch.device,
+        *,
+        timed: bool = False,
+        threads: int | None = None,
+        compile: bool = False,
+    ) -> None:
         self.module = module.to(device).eval()
         self.spec, self.device, self.threads = spec, device, threads
         self.timed = timed and not compile
@@ -136,13 +144,16 @@ class OnnxRuntimeRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, model: str | os.PathLike[str], *, providers: tuple[str, ...] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, model: str | os.PathLike[str], *, providers: tuple[str, ...] | None = None, threads: int | None = None
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ConfigError("backend 'onnxruntime' needs the 'onnx' extra: pip install 'arr_coc_stream[onnx]' "
-                              "(or '[gpu]' for onnxruntime-gpu)") from exc
+            raise ConfigError(
+                "backend 'onnxruntime' needs the 'onnx' extra: pip install 'arr_coc_stream[onnx]' "
+                "(or '[gpu]' for onnxruntime-gpu)"
+            ) from exc
         path = _model_path(model, ".onnx")
         available = ort.get_available_providers()
         chosen = [p for p in providers or ORT_PROVIDERS if p in available]
@@ -157,17 +168,20 @@ class OnnxRuntimeRunner:
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(os.fspath(path), options, providers=chosen)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:
             raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.model = ModelFile.from_props(self.session.get_modelmeta().custom_metadata_map, path)
         self.spec = self.model.spec
         have = ({i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()})
         if have != (set(self.spec.input_names), set(self.spec.output_names)):
-            raise ModelError(f"{path}: its graph's inputs and outputs are not the ones its metadata names; "
-                             "re-export it with this version")
+            raise ModelError(
+                f"{path}: its graph's inputs and outputs are not the ones its metadata names; "
+                "re-export it with this version"
+            )
         self.provider = self.session.get_providers()[0]
-        self.description = (f"onnxruntime {ort.__version__} ({self.provider}), {path.name}, intra-op threads: "
-                            f"{threads or 'default'}")
+        self.description = (
+            f"onnxruntime {ort.__version__} ({self.provider}), {path.name}, intra-op threads: {threads or 'default'}"
+        )
         log.info("onnxruntime backend: %s (available providers: %s)", self.provider, ", ".join(available))
 
     def __call__(self, inputs: Tensors, timings: Timings = None) -> dict[str, torch.Tensor]:
@@ -196,12 +210,16 @@ class TensorRTRunner:
         info = engine_info(path)
         built = info.get("tensorrt", {})
         if built.get("version") != trt.__version__:
-            raise ModelError(f"{path} was built with TensorRT {built.get('version')}, this is TensorRT "
-                             f"{trt.__version__}: rebuild it with export/build_trt.py")
+            raise ModelError(
+                f"{path} was built with TensorRT {built.get('version')}, this is TensorRT "
+                f"{trt.__version__}: rebuild it with export/build_trt.py"
+            )
         capability = list(gpu_capability())
         if built.get("compute_capability") != capability:
-            raise ModelError(f"{path} was built for a GPU of compute capability {built.get('compute_capability')} "
-                             f"({built.get('gpu')}), this GPU is {capability}: rebuild it on this machine")
+            raise ModelError(
+                f"{path} was built for a GPU of compute capability {built.get('compute_capability')} "
+                f"({built.get('gpu')}), this GPU is {capability}: rebuild it on this machine"
+            )
         self.model = ModelFile.from_metadata(info["model"], path)
         self.spec = self.model.spec
         self._trt = trt
@@ -239,8 +257,9 @@ class TensorRTRunner:
         return self.spec.named(outputs)
 
 
-def open_model(backend: str, model: str | os.PathLike[str], threads: int | None = None
-               ) -> OnnxRuntimeRunner | TensorRTRunner:
+def open_model(
+    backend: str, model: str | os.PathLike[str], threads: int | None = None
+) -> OnnxRuntimeRunner | TensorRTRunner:
     """A runner for an exported file: ``.onnx`` with ``"onnxruntime"`` (on ``threads`` intra-op threads), a built
     ``.engine`` with ``"tensorrt"``."""
     if backend == "onnxruntime":
@@ -261,10 +280,13 @@ def import_tensorrt() -> ModuleType:
     except ImportError as exc:
         raise TensorRTUnavailable(
             "TensorRT is not installed. Install it on a machine with an NVIDIA GPU "
-            "(pip install tensorrt, or NVIDIA's packages for your CUDA version), then run this again") from exc
+            "(pip install tensorrt, or NVIDIA's packages for your CUDA version), then run this again"
+        ) from exc
     if not hasattr(trt, "Builder"):
-        raise TensorRTUnavailable("the 'tensorrt' module here has no Builder (only type stubs are installed); "
-                                  "install TensorRT itself on a machine with an NVIDIA GPU")
+        raise TensorRTUnavailable(
+            "the 'tensorrt' module here has no Builder (only type stubs are installed); "
+            "install TensorRT itself on a machine with an NVIDIA GPU"
+        )
     if tensorrt_major(trt) not in SUPPORTED_TENSORRT:
         raise TensorRTUnavailable(f"TensorRT {trt.__version__} is not supported; use 10.x or 11.x")
     return trt
@@ -282,8 +304,14 @@ def gpu_capability() -> tuple[int, int]:
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-             trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.UINT8: torch.uint8}
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
+        trt.DataType.UINT8: torch.uint8,
+    }
     return table[dtype]
 
 
@@ -298,5 +326,7 @@ def _model_path(model: str | os.PathLike[str], suffix: str) -> Path:
 
 def _check_batch(batch: int, model: ModelFile) -> None:
     if batch > model.batch_max:
-        raise ModelError(f"batch of {batch} streams exceeds {model.path.name}'s batch_max {model.batch_max}; "
-                         "re-export it with --batch-max")
+        raise ModelError(
+            f"batch of {batch} streams exceeds {model.path.name}'s batch_max {model.batch_max}; "
+            "re-export it with --batch-max"
+        )

@@ -34,8 +34,16 @@ def query_match(q: Tensor, query_on: Tensor, query_gate: Tensor) -> tuple[Tensor
 
 
 def balance(
-    p: Tensor, s: Tensor, q: Tensor, query_on: Tensor, cluster_onehot: Tensor,
-    particularize: Tensor, query_share: Tensor, diversify: Tensor, query_gate: Tensor, query_damp: Tensor,
+    p: Tensor,
+    s: Tensor,
+    q: Tensor,
+    query_on: Tensor,
+    cluster_onehot: Tensor,
+    particularize: Tensor,
+    query_share: Tensor,
+    diversify: Tensor,
+    query_gate: Tensor,
+    query_damp: Tensor,
     floor: float,
 ) -> tuple[Tensor, Tensor]:
     """Combine the three maps into one balanced map.
@@ -92,8 +100,16 @@ def cluster_onehot(tex: Tensor, clusters: int) -> Tensor:
 class Balancing(nn.Module):
     """Module twin of :func:`balance` with its parameters frozen."""
 
-    def __init__(self, particularize: float, query_share: float, diversify: float, query_gate: float,
-                 query_damp: float, floor: float, clusters: int) -> None:
+    def __init__(
+        self,
+        particularize: float,
+        query_share: float,
+        diversify: float,
+        query_gate: float,
+        query_damp: float,
+        floor: float,
+        clusters: int,
+    ) -> None:
         super().__init__()
         self.particularize = nn.Parameter(torch.tensor(particularize), requires_grad=False)
         self.query_share = nn.Parameter(torch.tensor(query_share), requires_grad=False)
@@ -105,5 +121,16 @@ class Balancing(nn.Module):
 
     def forward(self, tex: Tensor, p: Tensor, s: Tensor, q: Tensor, query_on: Tensor) -> tuple[Tensor, Tensor]:
         """[B, C, gh, gw] and three [B, gh, gw] maps, [B] -> [B, gh, gw] map and [B] confidence."""
-        return balance(p, s, q, query_on, cluster_onehot(tex, self.clusters), self.particularize, self.query_share,
-                       self.diversify, self.query_gate, self.query_damp, self.floor)
+        return balance(
+            p,
+            s,
+            q,
+            query_on,
+            cluster_onehot(tex, self.clusters),
+            self.particularize,
+            self.query_share,
+            self.diversify,
+            self.query_gate,
+            self.query_damp,
+            self.floor,
+        )

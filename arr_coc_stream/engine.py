@@ -25,8 +25,9 @@ import functools
 import math
 import os
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -80,6 +81,7 @@ def _engine_threads(method: Callable[..., T]) -> Callable[..., T]:
     two threads waits for a second core, which a busy machine gives late (measured: 73-78 ms a frame against
     26-29 ms with one process busy beside it).
     """
+
     @functools.wraps(method)
     def wrapper(self: Engine, *args: Any, **kwargs: Any) -> T:
         with intra_op_threads(self.config.threads):
@@ -113,9 +115,16 @@ class Engine:
         ((32, 32), True)
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, query: str | None = None, backend: str = "torch",
-                 model: str | os.PathLike[str] | None = None, head: QueryHead | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        query: str | None = None,
+        backend: str = "torch",
+        model: str | os.PathLike[str] | None = None,
+        head: QueryHead | None = None,
+        **options: Any,
+    ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if backend == "torch":
@@ -127,20 +136,25 @@ class Engine:
             self.device = torch.device(self.config.device)
             self.head = head or build_head(self.config)
             graph = FrameGraph(self.config, self.head)
-            self.runner: Any = TorchRunner(graph, graph.spec, self.device, timed=True, threads=self.config.threads,
-                                           compile=self.config.compile)
-            self.companions: dict[str, Any] = {name: TorchRunner(c.module, c.spec, self.device,
-                                                                 threads=self.config.threads)
-                                               for name, c in self.head.companions().items()}
+            self.runner: Any = TorchRunner(
+                graph, graph.spec, self.device, timed=True, threads=self.config.threads, compile=self.config.compile
+            )
+            self.companions: dict[str, Any] = {
+                name: TorchRunner(c.module, c.spec, self.device, threads=self.config.threads)
+                for name, c in self.head.companions().items()
+            }
         else:
             if model is None:
-                raise ConfigError(f"backend {backend!r} needs a model file (model='models/<name>.onnx' or "
-                                  "'.engine'); make one with arr-coc-stream export")
+                raise ConfigError(
+                    f"backend {backend!r} needs a model file (model='models/<name>.onnx' or "
+                    "'.engine'); make one with arr-coc-stream export"
+                )
             self.runner = open_model(backend, model, _threads(config, options))
             self.config = self.runner.model.resolve(config, options)
             if self.config.compile:
-                raise ConfigError(f"compile=True compiles the torch backend's graph; backend {backend!r} runs an "
-                                  "exported file")
+                raise ConfigError(
+                    f"compile=True compiles the torch backend's graph; backend {backend!r} runs an exported file"
+                )
             self.device = torch.device(self.config.device)
             self.head = head or build_head(self.config)
             self.runner.model.check(graph_spec(self.config, self.head), self.head)
@@ -185,8 +199,15 @@ class Engine:
 
     @_engine_threads
     @torch.inference_mode()
-    def process(self, frame: np.ndarray, time: float | None = None, *, index: int | None = None,
-                source_size: tuple[int, int] | None = None, reset: bool = False) -> FrameResult:
+    def process(
+        self,
+        frame: np.ndarray,
+        time: float | None = None,
+        *,
+        index: int | None = None,
+        source_size: tuple[int, int] | None = None,
+        reset: bool = False,
+    ) -> FrameResult:
         """Process one frame.
 
         Args:
@@ -222,8 +243,16 @@ class Engine:
         """Start one stream over at its next frame: fresh state tensors, no previous time or size."""
         slot.state, slot.fresh, slot.last_time, slot.last_size = self._initial_state(), True, None, None
 
-    def begin(self, slot: Slot, frame: np.ndarray, time: float | None = None, *, index: int | None = None,
-              source_size: tuple[int, int] | None = None, reset: bool = False) -> Step:
+    def begin(
+        self,
+        slot: Slot,
+        frame: np.ndarray,
+        time: float | None = None,
+        *,
+        index: int | None = None,
+        source_size: tuple[int, int] | None = None,
+        reset: bool = False,
+    ) -> Step:
         """Check one stream's frame and make its graph inputs (batch 1); nothing of ``slot`` changes yet."""
         start = _time.perf_counter()
         index = slot.count if index is None else _check_int("index", index, 0)
@@ -233,18 +262,30 @@ class Engine:
             time = (slot.last_time + 1.0 / DEFAULT_FPS) if slot.last_time is not None else 0.0
         time = _check_time(time, index)
         dt = 0.0 if slot.last_time is None else time - slot.last_time
-        reset = (reset or slot.fresh or size != slot.last_size or dt < 0 or dt > self.config.gap_limit_s)
+        reset = reset or slot.fresh or size != slot.last_size or dt < 0 or dt > self.config.gap_limit_s
         timings: dict[str, float] = {}
         t0 = _time.perf_counter()
         x = self._to_input(frame)
         timings["resize"] = 1000.0 * (_time.perf_counter() - t0)
-        inputs = {"frame": x, "dt": torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
-                  "reset": torch.tensor([reset], device=self.device), **slot.query_tensors,
-                  **{s.in_name: slot.state[s.name] for s in self.spec.states}}
-        extra, keyframe = self.head.before_frame(frame, slot.state, reset=reset, first=slot.count == 0,
-                                                 dt=max(dt, 0.0), companions=self.companions, timings=timings)
-        return Step(slot, frame, index, time, size, reset, {**inputs, **self._on_device(extra)}, keyframe, timings,
-                    start)
+        inputs = {
+            "frame": x,
+            "dt": torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
+            "reset": torch.tensor([reset], device=self.device),
+            **slot.query_tensors,
+            **{s.in_name: slot.state[s.name] for s in self.spec.states},
+        }
+        extra, keyframe = self.head.before_frame(
+            frame,
+            slot.state,
+            reset=reset,
+            first=slot.count == 0,
+            dt=max(dt, 0.0),
+            companions=self.companions,
+            timings=timings,
+        )
+        return Step(
+            slot, frame, index, time, size, reset, {**inputs, **self._on_device(extra)}, keyframe, timings, start
+        )
 
     def run_steps(self, steps: list[Step]) -> dict[str, torch.Tensor]:
         """One graph call for the steps of several streams, batched in order; a stream whose frame is a cut and
@@ -254,8 +295,11 @@ class Engine:
             every output by name, [len(steps), ...].
         """
         timings: dict[str, float] = {}
-        batch = steps[0].inputs if len(steps) == 1 else {
-            name: torch.cat([s.inputs[name] for s in steps]) for name in steps[0].inputs}
+        batch = (
+            steps[0].inputs
+            if len(steps) == 1
+            else {name: torch.cat([s.inputs[name] for s in steps]) for name in steps[0].inputs}
+        )
         out = self.runner(batch, timings)
         for i, step in enumerate(steps):
             step.timings.update(timings)
@@ -264,14 +308,16 @@ class Engine:
                 if again is not None:
                     step.inputs.update(self._on_device(again))
                     row = self.runner(step.inputs, step.timings)
-                    out = {name: torch.cat([t[:i], row[name], t[i + 1:]]) if len(steps) > 1 else row[name]
-                           for name, t in out.items()}
+                    out = {
+                        name: torch.cat([t[:i], row[name], t[i + 1 :]]) if len(steps) > 1 else row[name]
+                        for name, t in out.items()
+                    }
         return out
 
     def finish(self, step: Step, out: dict[str, torch.Tensor], i: int) -> FrameResult:
         """Commit row ``i`` of a graph call's outputs to the step's stream and make its :class:`FrameResult`."""
         slot = step.slot
-        state = {s.name: out[s.out_name][i:i + 1] for s in self.spec.states}
+        state = {s.name: out[s.out_name][i : i + 1] for s in self.spec.states}
         _check_state(state, step.index, self.backend)  # a non-finite value would stay in the state for good
         slot.state = state
         slot.fresh, slot.last_time, slot.last_size = False, step.time, step.size
@@ -279,20 +325,37 @@ class Engine:
         res = {t.name: out[t.name][i].cpu().numpy() for t in self.spec.outputs}
         step.timings["total"] = 1000.0 * (_time.perf_counter() - step.start)
         return FrameResult(
-            index=step.index, time=float(step.time), relevance=res["relevance"], indices=res["indices"],
-            scores=res["scores"], valid=res["valid"], budgets=res["budgets"], lod=res["lod"],
+            index=step.index,
+            time=float(step.time),
+            relevance=res["relevance"],
+            indices=res["indices"],
+            scores=res["scores"],
+            valid=res["valid"],
+            budgets=res["budgets"],
+            lod=res["lod"],
             boxes=cell_boxes(res["indices"], self.config.grid, step.size),
             windows=cells_to_pixels(res["boxes"], self.config.grid, step.size),
-            cut=bool(res["cut"]), scene_score=float(res["scene_score"]), motion=float(res["motion"]),
-            query_terms=slot.query.terms, query_ignored=slot.query.ignored, timings=step.timings,
-            reset=bool(step.reset or res["cut"]), source_size=step.size, keyframe=step.keyframe,
+            cut=bool(res["cut"]),
+            scene_score=float(res["scene_score"]),
+            motion=float(res["motion"]),
+            query_terms=slot.query.terms,
+            query_ignored=slot.query.ignored,
+            timings=step.timings,
+            reset=bool(step.reset or res["cut"]),
+            source_size=step.size,
+            keyframe=step.keyframe,
         )
 
     def header(self) -> dict[str, Any]:
         """Configuration and query, for JSONL headers."""
-        return {"config": self.config.to_dict(), "query": self.query.text, "query_terms": list(self.query.terms),
-                "query_ignored": list(self.query.ignored),
-                "backend": {"name": self.backend, "description": self.runner.description}, **self.head.header()}
+        return {
+            "config": self.config.to_dict(),
+            "query": self.query.text,
+            "query_terms": list(self.query.terms),
+            "query_ignored": list(self.query.ignored),
+            "backend": {"name": self.backend, "description": self.runner.description},
+            **self.head.header(),
+        }
 
     @torch.inference_mode()
     def _initial_state(self) -> dict[str, torch.Tensor]:
@@ -324,9 +387,10 @@ def _threads(config: EngineConfig | None, options: dict[str, Any]) -> int | None
 def _companion_file(model: str | os.PathLike[str], name: str) -> str:
     path = companion_path(model, name)
     if not path.is_file():
-        raise ModelError(f"the {name!r} companion graph {path} does not exist beside {model}; export both with "
-                         "arr-coc-stream export" + (" and build both with export/build_trt.py"
-                                                    if path.suffix == ".engine" else ""))
+        raise ModelError(
+            f"the {name!r} companion graph {path} does not exist beside {model}; export both with "
+            "arr-coc-stream export" + (" and build both with export/build_trt.py" if path.suffix == ".engine" else "")
+        )
     return str(path)
 
 
@@ -358,8 +422,7 @@ def _check_size(size: Any, index: int) -> tuple[int, int]:
 def _check_time(time: Any, index: int) -> float:
     """A finite number of seconds, checked before anything is computed from it (NaN would poison the state)."""
     if isinstance(time, bool) or not isinstance(time, (int, float, np.integer, np.floating)):
-        raise InputTypeError(f"frame {index}: time must be a number of seconds, got {time!r} "
-                             f"({type(time).__name__})")
+        raise InputTypeError(f"frame {index}: time must be a number of seconds, got {time!r} ({type(time).__name__})")
     if not math.isfinite(time):
         raise InputError(f"frame {index}: time must be finite, got {time!r}")
     return float(time)
@@ -371,5 +434,7 @@ def _check_state(state: dict[str, torch.Tensor], index: int, backend: str) -> No
     finite = torch.stack([torch.isfinite(t).all() for t in floats.values()])
     if not bool(finite.all()):
         bad = [name for name, ok in zip(floats, finite.tolist()) if not ok]
-        raise ModelError(f"frame {index}: the {backend} graph produced non-finite values in state {bad}; "
-                         "the state was left as it was before this frame")
+        raise ModelError(
+            f"frame {index}: the {backend} graph produced non-finite values in state {bad}; "
+            "the state was left as it was before this frame"
+        )

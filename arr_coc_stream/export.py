@@ -32,10 +32,11 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -117,8 +118,14 @@ def default_name(config: EngineConfig, export: ExportConfig | None = None, head:
     return f"{name}_{tag}" if tag else name
 
 
-def export_onnx(config: EngineConfig | None, path: str | os.PathLike[str], export: ExportConfig | None = None,
-                *, head: QueryHead | None = None, **options: Any) -> ExportedModel:
+def export_onnx(
+    config: EngineConfig | None,
+    path: str | os.PathLike[str],
+    export: ExportConfig | None = None,
+    *,
+    head: QueryHead | None = None,
+    **options: Any,
+) -> ExportedModel:
     """Export the per-frame graph of ``config`` to ``path`` (``.onnx``) with ``<name>.json`` beside it, and the
     query head's companion graphs to ``<name>_<companion>.onnx``.
 
@@ -189,21 +196,33 @@ def trace_onnx(module: torch.nn.Module, spec: GraphSpec, batch_max: int) -> onnx
     return _to_onnx(module, example, list(spec.input_names), list(spec.output_names), batch_max)
 
 
-def _to_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str], outputs: list[str],
-             batch_max: int) -> onnx.ModelProto:
+def _to_onnx(
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str], outputs: list[str], batch_max: int
+) -> onnx.ModelProto:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise ModelError(f"exporting to ONNX needs the 'onnx' extra ({exc.name} is missing): "
-                         "pip install 'arr_coc_stream[onnx]'") from exc
+        raise ModelError(
+            f"exporting to ONNX needs the 'onnx' extra ({exc.name} is missing): pip install 'arr_coc_stream[onnx]'"
+        ) from exc
     batch = torch.export.Dim("batch", min=1, max=max(batch_max, 2))
     with torch.no_grad(), _quiet():
         # the dynamic shapes mirror forward's signature: FrameGraph.forward takes *inputs, a companion one input
         dims = tuple({0: batch} for _ in names)
-        program = torch.onnx.export(module, example, None, dynamo=True, opset_version=OPSET, input_names=names,
-                                    output_names=outputs, dynamic_shapes=(dims,) if _varargs(module) else dims,
-                                    external_data=False, optimize=False, verbose=False)
+        program = torch.onnx.export(
+            module,
+            example,
+            None,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=(dims,) if _varargs(module) else dims,
+            external_data=False,
+            optimize=False,
+            verbose=False,
+        )
         _optimize(program.model)
     model = program.model_proto
     _strip(model)
@@ -243,9 +262,13 @@ def _optimize(model: Any) -> None:
     for _ in range(2):
         opt.fold_constants(model)
         opt.remove_unused_nodes(model)
-    for p in (passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-              passes.DeduplicateInitializersPass(), passes.CommonSubexpressionEliminationPass(),
-              passes.RemoveUnusedNodesPass(), passes.NameFixPass()):
+    for p in (
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.DeduplicateInitializersPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.RemoveUnusedNodesPass(),
+        passes.NameFixPass(),
+    ):
         p(model)
 
 
@@ -294,8 +317,14 @@ def _strip(model: onnx.ModelProto) -> None:
             del node.metadata_props[:]
 
 
-def _metadata(config: EngineConfig, head: QueryHead, spec: GraphSpec, export: ExportConfig,
-              graph: FrameGraph | None, companion: str | None = None) -> dict[str, Any]:
+def _metadata(
+    config: EngineConfig,
+    head: QueryHead,
+    spec: GraphSpec,
+    export: ExportConfig,
+    graph: FrameGraph | None,
+    companion: str | None = None,
+) -> dict[str, Any]:
     """The model-file contract's metadata plus how the file was made."""
     meta = make_metadata(config, head, spec, export.batch_max, "fp32", companion)
     if graph is not None:
@@ -342,8 +371,11 @@ def convert_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     types.update({t.name: t.data_type for t in g.initializer})
-    kept = sorted(n.name for n in g.node if n.op_type != "Cast"
-                  and any(types.get(x) == onnx.TensorProto.FLOAT for x in [*n.input, *n.output]))
+    kept = sorted(
+        n.name
+        for n in g.node
+        if n.op_type != "Cast" and any(types.get(x) == onnx.TensorProto.FLOAT for x in [*n.input, *n.output])
+    )
     return half, kept
 
 

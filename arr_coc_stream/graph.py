@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
-from typing import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -36,21 +35,31 @@ def graph_spec(config: EngineConfig, head: QueryHead) -> GraphSpec:
     gh, gw = config.grid
     k = config.k
     inputs = (
-        TensorSpec("frame", (*config.frame_shape, 3), "uint8", "RGB frame (work size, or frame_size in full input "
-                                                                "mode)"),
+        TensorSpec(
+            "frame", (*config.frame_shape, 3), "uint8", "RGB frame (work size, or frame_size in full input mode)"
+        ),
         TensorSpec("dt", (), "float32", "seconds since the stream's previous frame"),
         TensorSpec("reset", (), "bool", "start this stream from fresh state"),
-        *head.query_inputs(), *head.frame_inputs(),
+        *head.query_inputs(),
+        *head.frame_inputs(),
     )
     states = (
         StateSpec("luma", (1, h, w), "float32", "previous work-resolution luminance in [0, 1]"),
         StateSpec("relevance", (gh, gw), "float32", "cached unboosted relevance in [0, 1]"),
         StateSpec("saliency", (gh, gw), "float32", "previous saliency in [0, 1]"),
         StateSpec("fixation", (gh, gw), "float32", "EMA of past selections in [0, 1]"),
-        StateSpec("cut_feat", (realizing.CUT_HISTORY, realizing.CUT_FEATURES), "float32",
-                  "cut layout statistics of the last frames, newest first"),
-        StateSpec("cut_luma", (realizing.CUT_HISTORY, h // realizing.FLOW_DOWNSCALE, w // realizing.FLOW_DOWNSCALE),
-                  "float32", "low-resolution luminance of the last frames in [0, 1], newest first"),
+        StateSpec(
+            "cut_feat",
+            (realizing.CUT_HISTORY, realizing.CUT_FEATURES),
+            "float32",
+            "cut layout statistics of the last frames, newest first",
+        ),
+        StateSpec(
+            "cut_luma",
+            (realizing.CUT_HISTORY, h // realizing.FLOW_DOWNSCALE, w // realizing.FLOW_DOWNSCALE),
+            "float32",
+            "low-resolution luminance of the last frames in [0, 1], newest first",
+        ),
         StateSpec("cut_motion", (2,), "float32", "previous frame's global content motion (x, y), low-res px/frame"),
         StateSpec("cut_mean", (), "float32", "running mean of the cut detector's change"),
         StateSpec("since_reset", (), "float32", "seconds since the last reset or cut"),
@@ -106,8 +115,15 @@ class FrameGraph(nn.Module):
         self.texture = Texture(config.grid, config.cell_px, config.clusters)
         self.scorer = head.scorer()
         self.knowing = Knowing(p["saliency_memory"], p["foveal_falloff"])
-        self.balancing = Balancing(p["particularize"], p["query_share"], p["diversify"], p["query_gate"],
-                                   p["query_damp"], config.relevance_floor, config.clusters)
+        self.balancing = Balancing(
+            p["particularize"],
+            p["query_share"],
+            p["diversify"],
+            p["query_gate"],
+            p["query_damp"],
+            config.relevance_floor,
+            config.clusters,
+        )
         self.attending = Attending(config)
         if config.input_mode == "full":
             (h, w), (fh, fw) = config.work_size, config.frame_shape
@@ -145,8 +161,18 @@ class FrameGraph(nn.Module):
             prev_small = to_grid(x["luma_in"], realizing.FLOW_DOWNSCALE)
             feat = realizing.cut_features(small, rgb)
             score, cut, cut_feat, cut_luma, cut_mean, since = realizing.detect_cut(
-                feat, small, x["cut_feat_in"], x["cut_luma_in"], x["cut_motion_in"], x["cut_mean_in"],
-                x["since_reset_in"], dt, reset, cfg.cut_threshold, cfg.min_scene_len_s)
+                feat,
+                small,
+                x["cut_feat_in"],
+                x["cut_luma_in"],
+                x["cut_motion_in"],
+                x["cut_mean_in"],
+                x["since_reset_in"],
+                dt,
+                reset,
+                cfg.cut_threshold,
+                cfg.min_scene_len_s,
+            )
             fresh = reset | cut
             keep = (~fresh).to(luma.dtype)
             flow = realizing.coarse_flow(small, prev_small, cfg.grid, cfg.flow_radius) * keep.view(-1, 1, 1, 1)
@@ -161,8 +187,9 @@ class FrameGraph(nn.Module):
             # a cell with no valid history stabilises its saliency with its own current value
             sal = tex[:, idx("saliency")]
             prev_sal = valid[:, 0] * tex[:, idx("prev_saliency")] + (1.0 - valid[:, 0]) * sal
-            tex = torch.cat([tex[:, :idx("prev_saliency")], prev_sal[:, None],
-                             tex[:, idx("prev_saliency") + 1:]], dim=1)
+            tex = torch.cat(
+                [tex[:, : idx("prev_saliency")], prev_sal[:, None], tex[:, idx("prev_saliency") + 1 :]], dim=1
+            )
 
         with _timed(timings, "knowing"):
             match, query_on = self.scorer(tex, rgb, x, prepared)
@@ -179,11 +206,22 @@ class FrameGraph(nn.Module):
 
         mean_motion = tex[:, idx("motion")].mean(dim=(1, 2))
         out = {
-            "relevance": relevance[:, 0], "indices": picked["indices"], "scores": picked["scores"],
-            "valid": picked["valid"], "budgets": picked["budgets"], "lod": picked["lod"], "boxes": picked["boxes"],
-            "scene_score": score, "cut": cut, "motion": mean_motion,
-            "luma_out": luma, "relevance_out": cache[:, 0], "saliency_out": sal, "fixation_out": picked["fixation"],
-            "cut_feat_out": cut_feat, "cut_luma_out": cut_luma,
+            "relevance": relevance[:, 0],
+            "indices": picked["indices"],
+            "scores": picked["scores"],
+            "valid": picked["valid"],
+            "budgets": picked["budgets"],
+            "lod": picked["lod"],
+            "boxes": picked["boxes"],
+            "scene_score": score,
+            "cut": cut,
+            "motion": mean_motion,
+            "luma_out": luma,
+            "relevance_out": cache[:, 0],
+            "saliency_out": sal,
+            "fixation_out": picked["fixation"],
+            "cut_feat_out": cut_feat,
+            "cut_luma_out": cut_luma,
             "cut_motion_out": realizing.next_motion(x["cut_motion_in"], flow, small.shape[-2:], fresh),
             "cut_mean_out": cut_mean,
             "since_reset_out": since,

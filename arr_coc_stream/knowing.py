@@ -20,8 +20,13 @@ from .channels import idx
 # Structure cues and their weights (sum 1): detail lives at edges, thin strokes, high frequencies, region
 # boundaries, small regions and near strong edges; flat regions compress.
 PROPOSITIONAL_WEIGHTS: dict[str, float] = {
-    "edge": 0.25, "stroke": 0.2, "highpass": 0.15, "flatness": 0.15, "cluster_dist": 0.1,
-    "cluster_size": 0.05, "edge_distance": 0.1,
+    "edge": 0.25,
+    "stroke": 0.2,
+    "highpass": 0.15,
+    "flatness": 0.15,
+    "cluster_dist": 0.1,
+    "cluster_size": 0.05,
+    "edge_distance": 0.1,
 }
 # Cues that count inversely (high value = less information).
 _INVERSE = ("flatness", "cluster_size", "edge_distance")
@@ -97,5 +102,8 @@ class Knowing(nn.Module):
         Args:
             tex: [B, C, gh, gw] texture. match: [B, gh, gw] the query head's match. query_on: [B].
         """
-        return (propositional(tex), perspectival(tex, self.saliency_memory, self.foveal_falloff),
-                participatory(match, query_on))
+        return (
+            propositional(tex),
+            perspectival(tex, self.saliency_memory, self.foveal_falloff),
+            participatory(match, query_on),
+        )

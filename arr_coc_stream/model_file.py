@@ -52,8 +52,9 @@ def companion_path(model: str | os.PathLike[str], name: str) -> Path:
     return path.with_name(f"{path.stem}_{name}{path.suffix}")
 
 
-def make_metadata(config: EngineConfig, head: QueryHead, spec: GraphSpec, batch_max: int, precision: str,
-                  companion: str | None = None) -> dict[str, Any]:
+def make_metadata(
+    config: EngineConfig, head: QueryHead, spec: GraphSpec, batch_max: int, precision: str, companion: str | None = None
+) -> dict[str, Any]:
     """The contract's part of a model file's metadata (the exporter adds how it was made).
 
     Args:
@@ -70,9 +71,15 @@ def make_metadata(config: EngineConfig, head: QueryHead, spec: GraphSpec, batch_
         "batch_max": batch_max,
     }
     if companion is None:
-        meta.update(input_mode=config.input_mode, frame_size=list(config.frame_shape),
-                    work_size=list(config.work_size), grid=list(config.grid), k=config.k, channels=registry(),
-                    companions=sorted(head.companions()))
+        meta.update(
+            input_mode=config.input_mode,
+            frame_size=list(config.frame_shape),
+            work_size=list(config.work_size),
+            grid=list(config.grid),
+            k=config.k,
+            channels=registry(),
+            companions=sorted(head.companions()),
+        )
     else:
         meta["companion"] = companion
     return meta
@@ -108,8 +115,10 @@ class ModelFile:
         if meta.get("format") not in _KINDS:
             raise ModelError(f"{path} was not exported by arr_coc_stream (no {FORMAT!r} metadata)")
         if meta.get("schema_version") != SCHEMA_VERSION:
-            raise ModelError(f"{path}: metadata schema {meta.get('schema_version')} is not {SCHEMA_VERSION}; "
-                             "re-export it with this version")
+            raise ModelError(
+                f"{path}: metadata schema {meta.get('schema_version')} is not {SCHEMA_VERSION}; "
+                "re-export it with this version"
+            )
         return cls(Path(path), meta)
 
     @property
@@ -142,19 +151,29 @@ class ModelFile:
             if options:
                 raise ConfigError(f"give a config or options, not both (got options {sorted(options)})")
             mine = config.graph_fields()
-            diffs = [f"{k}: config {mine[k]!r}, model {recorded.get(k)!r}" for k in sorted(mine)
-                     if recorded.get(k) != mine[k]]
+            diffs = [
+                f"{k}: config {mine[k]!r}, model {recorded.get(k)!r}"
+                for k in sorted(mine)
+                if recorded.get(k) != mine[k]
+            ]
             if diffs:
-                raise ConfigError(f"{self.path} was exported for another configuration ({'; '.join(diffs)}); pass "
-                                  "the model's options or re-export it with export/export_onnx.py")
+                raise ConfigError(
+                    f"{self.path} was exported for another configuration ({'; '.join(diffs)}); pass "
+                    "the model's options or re-export it with export/export_onnx.py"
+                )
             return config
         resolved = EngineConfig.from_options(**{**recorded, **options})
         mine = resolved.graph_fields()
-        diffs = [f"{k}={mine[k]!r} contradicts the model's {k}={recorded.get(k)!r}" for k in sorted(options)
-                 if k in mine and recorded.get(k) != mine[k]]
+        diffs = [
+            f"{k}={mine[k]!r} contradicts the model's {k}={recorded.get(k)!r}"
+            for k in sorted(options)
+            if k in mine and recorded.get(k) != mine[k]
+        ]
         if diffs:
-            raise ConfigError(f"{self.path}: {'; '.join(diffs)}; leave the option out (the model file defines it) "
-                              "or re-export the model with it")
+            raise ConfigError(
+                f"{self.path}: {'; '.join(diffs)}; leave the option out (the model file defines it) "
+                "or re-export the model with it"
+            )
         return resolved
 
     def check(self, spec: GraphSpec, head: QueryHead, companion: str | None = None) -> None:
@@ -171,13 +190,14 @@ class ModelFile:
             raise ModelError(f"{self.path} is {got}, not {what}")
         recorded = self.metadata.get("head", {})
         if recorded.get("name") != head.name:
-            raise ModelError(f"{self.path} was exported for the query head {recorded.get('name')!r}, not "
-                             f"{head.name!r}")
+            raise ModelError(f"{self.path} was exported for the query head {recorded.get('name')!r}, not {head.name!r}")
         head.check_metadata(recorded, self.path)
         diffs = self.spec.differences(spec)
         if diffs:
-            raise ModelError(f"{self.path} does not match this configuration's graph (model vs config: "
-                             f"{'; '.join(diffs)}); re-export it")
+            raise ModelError(
+                f"{self.path} does not match this configuration's graph (model vs config: "
+                f"{'; '.join(diffs)}); re-export it"
+            )
 
 
 def read_model(path: str | os.PathLike[str]) -> ModelFile:
@@ -197,7 +217,7 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
         raise ModelError("reading an ONNX file's metadata needs the onnx package: pip install onnx") from exc
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+    except Exception as exc:
         raise ModelError(f"{path} is not a readable ONNX file: {exc}") from exc
     return ModelFile.from_props({p.key: p.value for p in model.metadata_props}, path)
 

@@ -45,16 +45,26 @@ class MultiEngine:
             one query head) serves every stream.
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, streams: int, query: str | None = None,
-                 backend: str = "torch", model: str | os.PathLike[str] | None = None, head: QueryHead | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        streams: int,
+        query: str | None = None,
+        backend: str = "torch",
+        model: str | os.PathLike[str] | None = None,
+        head: QueryHead | None = None,
+        **options: Any,
+    ) -> None:
         if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
             raise ConfigError(f"streams must be an int >= 1, got {streams!r}")
         self.engine = Engine(config, query=query, backend=backend, model=model, head=head, **options)
         model_file = getattr(self.engine.runner, "model", None)
         if model_file is not None and model_file.batch_max < streams:
-            raise ConfigError(f"streams={streams} exceeds {model_file.path.name}'s batch_max {model_file.batch_max}; "
-                              "re-export it with --batch-max")
+            raise ConfigError(
+                f"streams={streams} exceeds {model_file.path.name}'s batch_max {model_file.batch_max}; "
+                "re-export it with --batch-max"
+            )
         self.config, self.streams, self.default_query = self.engine.config, streams, query
         self._slots: dict[Hashable, Slot] = {}
 
@@ -106,8 +116,10 @@ class MultiEngine:
         """
         joining = [key for key in frames if key not in self._slots]
         if len(self._slots) + len(joining) > self.streams:
-            raise ConfigError(f"{len(joining)} new stream(s) {joining} do not fit: {len(self._slots)} of "
-                              f"{self.streams} slots are taken ({self.keys})")
+            raise ConfigError(
+                f"{len(joining)} new stream(s) {joining} do not fit: {len(self._slots)} of "
+                f"{self.streams} slots are taken ({self.keys})"
+            )
         slots = {key: self._slots.get(key) or self.engine.new_slot(self.default_query) for key in frames}
         steps = []
         for key, value in frames.items():
@@ -135,6 +147,9 @@ def _unpack(value: FrameLike) -> tuple[Any, float | None, dict[str, Any]]:
     if isinstance(value, tuple) and len(value) == 2:
         return value[0], value[1], {}
     if hasattr(value, "rgb") and hasattr(value, "time"):
-        return value.rgb, value.time, {"index": value.index, "source_size": value.source_size,
-                                       "reset": bool(getattr(value, "reset", False))}
+        return (
+            value.rgb,
+            value.time,
+            {"index": value.index, "source_size": value.source_size, "reset": bool(getattr(value, "reset", False))},
+        )
     return value, None, {}  # Engine.begin names what is wrong with it

@@ -18,32 +18,32 @@ from torch import Tensor
 from .channels import idx
 from .texture import for_runtime, to_grid
 
-FLOW_DOWNSCALE = 4        # flow runs on luminance at work / 4 (64x64 by default)
+FLOW_DOWNSCALE = 4  # flow runs on luminance at work / 4 (64x64 by default)
 FLOW_TEMPERATURE = 0.002  # soft-argmin temperature on the mean-abs-difference cost
 # Scene cuts. A frame is compared with each of the last CUT_HISTORY frames on two cues that fail in different
 # places: a layout of light-normalised colour and gradient (blind to global gain and offset, tolerant of motion)
 # and the normalised cross-correlation of luminance blocks (blind to any local gain and offset, so to a flash
 # that lights the centre more than the corners, but broken by motion). A cut needs both cues to call the frame
 # different from every frame kept, so the end of a flash (back to the frame before it) is no cut either.
-CUT_HISTORY = 4           # frames kept: the frame before a flash of up to 3 frames is still there after it
-CUT_POOL = 8              # cut statistics on an 8x8 layout (and an 8x8 grid of correlation blocks)
-CUT_FEATURES = 5 * CUT_POOL ** 2  # per layout cell: z-scored r, g, b and mean-normalised |dx|, |dy|
-CUT_COLOUR_EPS = 0.02     # a frame whose layout contrast is below this (near black or white) has little layout
-CUT_GRAD_EPS = 0.01       # the same for the gradient layout's mean
-CUT_NCC_EPS = 0.004       # block standard deviation below this (about 8-bit noise) correlates weakly
-CUT_NCC_FLOOR = 0.02      # mean block contrast below this scales the correlation distance down (fades to black)
-CUT_CLIP_HIGH = 0.95      # block mean luminance above which a block counts as blown out (no structure left)
-CUT_CLIP_LOW = 0.03       # ... and below which as crushed to black
-CUT_CLIP_RAMP = 0.1       # blocks count fully this far inside those limits
-CUT_LAYOUT_SCALE = 0.12   # mean layout difference counted as one unit of change
-CUT_STRUCT_SCALE = 0.28   # correlation distance (1 - weighted NCC) counted as one unit of change
-CUT_CHANGE = 0.8          # change, in those units, at which the score's absolute half reaches 0.5
-CUT_RATIO = 2.3           # change relative to the shot's running mean at which the relative half reaches 0.5
-CUT_MOTION_KEEP = 0.3     # share of the previous motion prediction kept at each frame
-CUT_MEAN_FLOOR = 0.1      # added to the running mean, so a still shot does not make noise look relatively large
-CUT_MEAN_PRIOR = 1.0      # running mean the frame after a reset or cut is judged against: it has no motion
-                          # prediction yet, so a fast pan there would otherwise look like another cut
-CUT_MEAN_TAU_S = 1.0      # running mean of the change; a shot's first second is a plain average of its frames
+CUT_HISTORY = 4  # frames kept: the frame before a flash of up to 3 frames is still there after it
+CUT_POOL = 8  # cut statistics on an 8x8 layout (and an 8x8 grid of correlation blocks)
+CUT_FEATURES = 5 * CUT_POOL**2  # per layout cell: z-scored r, g, b and mean-normalised |dx|, |dy|
+CUT_COLOUR_EPS = 0.02  # a frame whose layout contrast is below this (near black or white) has little layout
+CUT_GRAD_EPS = 0.01  # the same for the gradient layout's mean
+CUT_NCC_EPS = 0.004  # block standard deviation below this (about 8-bit noise) correlates weakly
+CUT_NCC_FLOOR = 0.02  # mean block contrast below this scales the correlation distance down (fades to black)
+CUT_CLIP_HIGH = 0.95  # block mean luminance above which a block counts as blown out (no structure left)
+CUT_CLIP_LOW = 0.03  # ... and below which as crushed to black
+CUT_CLIP_RAMP = 0.1  # blocks count fully this far inside those limits
+CUT_LAYOUT_SCALE = 0.12  # mean layout difference counted as one unit of change
+CUT_STRUCT_SCALE = 0.28  # correlation distance (1 - weighted NCC) counted as one unit of change
+CUT_CHANGE = 0.8  # change, in those units, at which the score's absolute half reaches 0.5
+CUT_RATIO = 2.3  # change relative to the shot's running mean at which the relative half reaches 0.5
+CUT_MOTION_KEEP = 0.3  # share of the previous motion prediction kept at each frame
+CUT_MEAN_FLOOR = 0.1  # added to the running mean, so a still shot does not make noise look relatively large
+CUT_MEAN_PRIOR = 1.0  # running mean the frame after a reset or cut is judged against: it has no motion
+# prediction yet, so a fast pan there would otherwise look like another cut
+CUT_MEAN_TAU_S = 1.0  # running mean of the change; a shot's first second is a plain average of its frames
 EPS = 1e-3
 
 
@@ -96,15 +96,17 @@ def structure_distance(luma_small: Tensor, refs: Tensor) -> Tensor:
     """
     k = refs.shape[1]
     # every block moment in one call: E[a], E[r], E[a^2], E[r^2], E[a r]
-    moments = _layout_mean(torch.cat([luma_small, refs, luma_small * luma_small, refs * refs, luma_small * refs],
-                                     dim=1))  # [B, 3K + 2, 8, 8]
-    mean = moments[:, :k + 1]  # [B, K + 1, 8, 8]: this frame, then the references
-    std = torch.sqrt(torch.clamp(moments[:, k + 1:2 * k + 2] - mean * mean, min=0.0))
-    cov = moments[:, 2 * k + 2:] - mean[:, :1] * mean[:, 1:]
+    moments = _layout_mean(
+        torch.cat([luma_small, refs, luma_small * luma_small, refs * refs, luma_small * refs], dim=1)
+    )  # [B, 3K + 2, 8, 8]
+    mean = moments[:, : k + 1]  # [B, K + 1, 8, 8]: this frame, then the references
+    std = torch.sqrt(torch.clamp(moments[:, k + 1 : 2 * k + 2] - mean * mean, min=0.0))
+    cov = moments[:, 2 * k + 2 :] - mean[:, :1] * mean[:, 1:]
     ncc = cov / ((std[:, :1] + CUT_NCC_EPS) * (std[:, 1:] + CUT_NCC_EPS))
     # a block blown out (or crushed) in either frame lost its structure to the exposure, not to the content
-    exposed = torch.clamp((CUT_CLIP_HIGH - mean) / CUT_CLIP_RAMP, 0.0, 1.0) * \
-        torch.clamp((mean - CUT_CLIP_LOW) / CUT_CLIP_RAMP, 0.0, 1.0)
+    exposed = torch.clamp((CUT_CLIP_HIGH - mean) / CUT_CLIP_RAMP, 0.0, 1.0) * torch.clamp(
+        (mean - CUT_CLIP_LOW) / CUT_CLIP_RAMP, 0.0, 1.0
+    )
     weight = torch.maximum(std[:, :1], std[:, 1:]) * exposed[:, :1] * exposed[:, 1:]
     cells = weight.shape[-2] * weight.shape[-1]
     return (weight * (1.0 - ncc)).sum(dim=(2, 3)) / (weight.sum(dim=(2, 3)) + CUT_NCC_FLOOR * cells)
@@ -142,15 +144,25 @@ def next_motion(motion_in: Tensor, flow: Tensor, small_size: tuple[int, int], fr
     Returns:
         [B, 2] (x, y) content motion in flow-resolution pixels per frame, +x = moved right; 0 after a reset or cut.
     """
-    per_cell = torch.tensor([small_size[1] / flow.shape[-1], small_size[0] / flow.shape[-2]],
-                            dtype=flow.dtype, device=flow.device)
+    per_cell = torch.tensor(
+        [small_size[1] / flow.shape[-1], small_size[0] / flow.shape[-2]], dtype=flow.dtype, device=flow.device
+    )
     motion = CUT_MOTION_KEEP * motion_in + (1.0 - CUT_MOTION_KEEP) * flow.mean(dim=(2, 3)) * per_cell
     return torch.where(fresh[:, None], torch.zeros_like(motion), motion)
 
 
 def detect_cut(
-    feat: Tensor, luma_small: Tensor, feat_hist: Tensor, luma_hist: Tensor, motion: Tensor, mean_in: Tensor,
-    since_in: Tensor, dt: Tensor, reset: Tensor, threshold: float, min_scene_len_s: float,
+    feat: Tensor,
+    luma_small: Tensor,
+    feat_hist: Tensor,
+    luma_hist: Tensor,
+    motion: Tensor,
+    mean_in: Tensor,
+    since_in: Tensor,
+    dt: Tensor,
+    reset: Tensor,
+    threshold: float,
+    min_scene_len_s: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Causal scene-cut detector, decided at the frame itself (no delay).
 
@@ -196,10 +208,14 @@ def detect_cut(
     since_out = torch.where(fresh, torch.zeros_like(since_in), since_in + dt)
     # a reset fills the history with this frame; otherwise it shifts by one (a cut keeps it: the frames before
     # the cut are no match for the new shot anyway)
-    feat_hist_out = torch.where(reset.view(bsz, 1, 1), feat[:, None].expand_as(feat_hist),
-                                torch.cat([feat[:, None], feat_hist[:, :n - 1]], dim=1))
-    luma_hist_out = torch.where(reset.view(bsz, 1, 1, 1), luma_small.expand_as(luma_hist),
-                                torch.cat([luma_small, luma_hist[:, :n - 1]], dim=1))
+    feat_hist_out = torch.where(
+        reset.view(bsz, 1, 1),
+        feat[:, None].expand_as(feat_hist),
+        torch.cat([feat[:, None], feat_hist[:, : n - 1]], dim=1),
+    )
+    luma_hist_out = torch.where(
+        reset.view(bsz, 1, 1, 1), luma_small.expand_as(luma_hist), torch.cat([luma_small, luma_hist[:, : n - 1]], dim=1)
+    )
     return score, cut, feat_hist_out, luma_hist_out, mean_out, since_out
 
 
@@ -218,8 +234,8 @@ def coarse_flow(luma_small: Tensor, prev_small: Tensor, grid: tuple[int, int], r
     padded = F.pad(prev_small, (radius, radius, radius, radius), mode="replicate")
     # Shifted copies built separably (2 x (2r + 1) slices instead of (2r + 1)^2): content moved by (dx, dy) means
     # this frame at p matches the previous frame at p - (dx, dy).
-    cols = torch.cat([padded[..., :, radius - dx:radius - dx + w] for dx in range(-radius, radius + 1)], dim=1)
-    stack = torch.cat([cols[..., radius - dy:radius - dy + h, :] for dy in range(-radius, radius + 1)], dim=1)
+    cols = torch.cat([padded[..., :, radius - dx : radius - dx + w] for dx in range(-radius, radius + 1)], dim=1)
+    stack = torch.cat([cols[..., radius - dy : radius - dy + h, :] for dy in range(-radius, radius + 1)], dim=1)
     cost = (luma_small - stack).abs()  # [B, S, h, w], S = (2r + 1)^2, dy-major
     shifts = [(dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
     # Per-cell means of the 81 cost planes. Eager: sums of strided slices (avg_pool2d costs ~5x more); runtimes:
@@ -228,13 +244,15 @@ def coarse_flow(luma_small: Tensor, prev_small: Tensor, grid: tuple[int, int], r
         bsz, s = cost.shape[:2]
         cost = cost.reshape(bsz, s, grid[0], px_per_cell, grid[1], px_per_cell).mean(dim=(3, 5))
     else:
-        cost = sum(cost[..., i::px_per_cell, j::px_per_cell]
-                   for i in range(px_per_cell) for j in range(px_per_cell)) / px_per_cell ** 2  # [B, S, gh, gw]
+        cost = (
+            sum(cost[..., i::px_per_cell, j::px_per_cell] for i in range(px_per_cell) for j in range(px_per_cell))
+            / px_per_cell**2
+        )  # [B, S, gh, gw]
     # a 3x3-cell support window gives each cell enough texture to match
     gh, gw = grid
     cost = F.pad(cost, (1, 1, 1, 1), mode="replicate")
-    cost = cost[..., :, 0:gw] + cost[..., :, 1:gw + 1] + cost[..., :, 2:gw + 2]
-    cost = (cost[..., 0:gh, :] + cost[..., 1:gh + 1, :] + cost[..., 2:gh + 2, :]) / 9.0
+    cost = cost[..., :, 0:gw] + cost[..., :, 1 : gw + 1] + cost[..., :, 2 : gw + 2]
+    cost = (cost[..., 0:gh, :] + cost[..., 1 : gh + 1, :] + cost[..., 2 : gh + 2, :]) / 9.0
     # softmax over the last axis: onnxruntime's kernel for an inner axis was 4.8x slower than a transpose and this
     weights = torch.softmax(cost.flatten(2).transpose(1, 2) / -FLOW_TEMPERATURE, dim=-1)  # [B, gh * gw, S]
     vec = torch.tensor(shifts, dtype=cost.dtype, device=cost.device) / px_per_cell  # [S, 2] in cells
@@ -261,8 +279,7 @@ def backward_warp(maps: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     return warped, valid.to(maps.dtype)[:, None]
 
 
-def blend(tex: Tensor, valid: Tensor, current: Tensor, dt: Tensor, tau_s: float, boost: float
-          ) -> tuple[Tensor, Tensor]:
+def blend(tex: Tensor, valid: Tensor, current: Tensor, dt: Tensor, tau_s: float, boost: float) -> tuple[Tensor, Tensor]:
     """Blend the current map into the warped cache; boost the output by motion.
 
     C_t = d * warp(C_{t-1}) + (1 - d) * R_now with d = exp(-dt / tau), invalid or fresh cells taking R_now;

@@ -96,7 +96,7 @@ class FrameResult:
         mask[self.selected] = True
         return mask.reshape(self.grid)
 
-    def crops(self, frame: "np.ndarray | Frame", patch_px: int = PATCH_PX) -> list["Crop"]:
+    def crops(self, frame: np.ndarray | Frame, patch_px: int = PATCH_PX) -> list[Crop]:
         """Cut each foveal crop out of the original frame at its level of detail.
 
         A crop with budget b = n^2 tokens is its window resized to ``n * patch_px`` pixels per side (n x n
@@ -123,7 +123,7 @@ class FrameResult:
         for i in np.flatnonzero(self.budgets > 0):
             x0, y0, x1, y1 = (int(v) for v in self.windows[i])
             budget = int(self.budgets[i])
-            side = int(round(budget ** 0.5)) * patch_px
+            side = int(round(budget**0.5)) * patch_px
             size = (min(side, x1 - x0), min(side, y1 - y0))  # (w, h), never above the source's pixels
             window = image[y0:y1, x0:x1]
             if size != (x1 - x0, y1 - y0):
@@ -164,15 +164,22 @@ class FrameResult:
             "reset": self.reset,
             "source_size": list(self.source_size),
             "grid": list(self.grid),
-            "selected": [[int(i // gw), int(i % gw), round(float(s), 5)]
-                         for i, s in zip(self.indices[sel], self.scores[sel])],
-            "crops": [[int(i // gw), int(i % gw), int(b), int(lv), [int(v) for v in w]]
-                      for i, b, lv, w in zip(self.indices[crops], self.budgets[crops], self.lod[crops],
-                                             self.windows[crops])],
+            "selected": [
+                [int(i // gw), int(i % gw), round(float(s), 5)] for i, s in zip(self.indices[sel], self.scores[sel])
+            ],
+            "crops": [
+                [int(i // gw), int(i % gw), int(b), int(lv), [int(v) for v in w]]
+                for i, b, lv, w in zip(self.indices[crops], self.budgets[crops], self.lod[crops], self.windows[crops])
+            ],
             "total_budget": self.total_budget,
-            "k": {"indices": self.indices.tolist(), "scores": np.round(self.scores, 5).tolist(),
-                  "valid": self.valid.tolist(), "budgets": self.budgets.tolist(), "lod": self.lod.tolist(),
-                  "windows": self.windows.tolist()},
+            "k": {
+                "indices": self.indices.tolist(),
+                "scores": np.round(self.scores, 5).tolist(),
+                "valid": self.valid.tolist(),
+                "budgets": self.budgets.tolist(),
+                "lod": self.lod.tolist(),
+                "windows": self.windows.tolist(),
+            },
             "relevance": np.round(self.relevance, 4).tolist(),
             "query_terms": list(self.query_terms),
             "query_ignored": list(self.query_ignored),
@@ -183,7 +190,7 @@ class FrameResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrameResult":
+    def from_dict(cls, d: dict[str, Any]) -> FrameResult:
         """Inverse of :meth:`to_dict` (scores and relevance rounded as stored; a ``None`` number, JSON's ``null``
         for a NaN, reads back as NaN)."""
         grid = tuple(d["grid"])
@@ -191,16 +198,26 @@ class FrameResult:
         k = d["k"]
         indices = np.asarray(k["indices"], dtype=np.int64)
         return cls(
-            index=d["index"], time=_number(d["time"]), relevance=np.asarray(d["relevance"], dtype=np.float32),
-            indices=indices, scores=np.asarray(k["scores"], dtype=np.float32),
-            valid=np.asarray(k["valid"], dtype=bool), budgets=np.asarray(k["budgets"], dtype=np.int32),
+            index=d["index"],
+            time=_number(d["time"]),
+            relevance=np.asarray(d["relevance"], dtype=np.float32),
+            indices=indices,
+            scores=np.asarray(k["scores"], dtype=np.float32),
+            valid=np.asarray(k["valid"], dtype=bool),
+            budgets=np.asarray(k["budgets"], dtype=np.int32),
             lod=np.asarray(k["lod"], dtype=np.int32),
             boxes=cell_boxes(indices, grid, size),  # type: ignore[arg-type]
             windows=np.asarray(k["windows"], dtype=np.int32).reshape(-1, 4),
-            cut=d["cut"], scene_score=_number(d["scene_score"]), motion=_number(d["motion"]),
-            query_terms=tuple(d["query_terms"]), query_ignored=tuple(d.get("query_ignored", ())), timings=dict(d["timings"]), reset=d["reset"],
+            cut=d["cut"],
+            scene_score=_number(d["scene_score"]),
+            motion=_number(d["motion"]),
+            query_terms=tuple(d["query_terms"]),
+            query_ignored=tuple(d.get("query_ignored", ())),
+            timings=dict(d["timings"]),
+            reset=d["reset"],
             source_size=size,  # type: ignore[arg-type]
-            gap=d.get("gap", 0.0), dropped=d.get("dropped", 0),  # absent from files of the first writer
+            gap=d.get("gap", 0.0),
+            dropped=d.get("dropped", 0),  # absent from files of the first writer
             keyframe=d.get("keyframe"),
         )
 
@@ -242,4 +259,3 @@ def cells_to_pixels(cells: np.ndarray, grid: tuple[int, int], source_size: tuple
     y0, x0, y1, x1 = (cells[..., i].astype(np.float64) for i in range(4))
     px = np.stack([np.floor(x0 * w / gw), np.floor(y0 * h / gh), np.ceil(x1 * w / gw), np.ceil(y1 * h / gh)], -1)
     return px.astype(np.int32)
-

@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 
 
 class Sink(Protocol):
-    def write(self, result: FrameResult, frame: "Frame | np.ndarray | None") -> None: ...
+    def write(self, result: FrameResult, frame: Frame | np.ndarray | None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -55,7 +55,7 @@ class JsonlSink:
             raise OutputError(f"cannot write the JSONL file {self.path}: {e}") from e
         self._line({"type": "header", "schema_version": SCHEMA_VERSION, "version": __version__, **header})
 
-    def write(self, result: FrameResult, frame: "Frame | np.ndarray | None" = None) -> None:
+    def write(self, result: FrameResult, frame: Frame | np.ndarray | None = None) -> None:
         self._line({"type": "frame", **result.to_dict()})
         self.frames += 1
 
@@ -67,7 +67,7 @@ class JsonlSink:
         if not self._file.closed:
             self._file.close()
 
-    def __enter__(self) -> "JsonlSink":
+    def __enter__(self) -> JsonlSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -81,7 +81,7 @@ class JsonlSink:
         data = memoryview((text + "\n").encode("utf-8"))
         try:
             while data:  # a raw write may be short (full disk, signal); finish the line
-                data = data[self._file.write(data):]
+                data = data[self._file.write(data) :]
         except OSError as e:
             raise OutputError(f"cannot write the JSONL file {self.path}: {e}") from e
 

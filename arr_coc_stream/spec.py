@@ -152,15 +152,20 @@ class GraphSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, stored in model-file metadata."""
-        return {"inputs": [t.to_dict() for t in self.inputs], "states": [s.to_dict() for s in self.states],
-                "outputs": [t.to_dict() for t in self.outputs]}
+        return {
+            "inputs": [t.to_dict() for t in self.inputs],
+            "states": [s.to_dict() for s in self.states],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GraphSpec:
         try:
-            return cls(inputs=tuple(TensorSpec(**t) for t in d["inputs"]),
-                       states=tuple(StateSpec(**s) for s in d["states"]),
-                       outputs=tuple(TensorSpec(**t) for t in d["outputs"]))
+            return cls(
+                inputs=tuple(TensorSpec(**t) for t in d["inputs"]),
+                states=tuple(StateSpec(**s) for s in d["states"]),
+                outputs=tuple(TensorSpec(**t) for t in d["outputs"]),
+            )
         except (KeyError, TypeError) as exc:
             raise ModelError(f"not a graph spec: {exc}") from exc
 
@@ -175,8 +180,11 @@ class GraphSpec:
             if (a.shape, a.dtype) != (b.shape, b.dtype):
                 diffs.append(f"{n}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
         inits = {s.name: s.initial for s in other.states}
-        diffs += [f"{s.name}: initial {s.initial} vs {inits[s.name]}" for s in self.states
-                  if s.name in inits and inits[s.name] != s.initial]
+        diffs += [
+            f"{s.name}: initial {s.initial} vs {inits[s.name]}"
+            for s in self.states
+            if s.name in inits and inits[s.name] != s.initial
+        ]
         if not diffs and (self.input_names, self.output_names) != (other.input_names, other.output_names):
             diffs.append("the same tensors in another order")
         return sorted(diffs)

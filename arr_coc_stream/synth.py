@@ -90,7 +90,7 @@ def near_colour_fraction(image: np.ndarray, rgb: tuple[int, int, int], max_dist:
     return float((dist < max_dist).mean())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> np.ndarray:
     """Load ``skimage.data.<name>()`` as uint8 RGB ``[h, w, 3]`` (read-only: it is shared by the cache)."""
     import skimage.data
@@ -200,8 +200,15 @@ def _query(colour: str) -> str | None:
     return f"where is the {colour.strip().lower()} ball?" if colour.strip().lower() in COLOURS else None
 
 
-def moving_object(colour: str = "red", n_frames: int = 40, size: tuple[int, int] = (256, 256), object_px: int = 48,
-                  photo: str = "coffee", seed: int = 0, fps: float = 25.0) -> Clip:
+def moving_object(
+    colour: str = "red",
+    n_frames: int = 40,
+    size: tuple[int, int] = (256, 256),
+    object_px: int = 48,
+    photo: str = "coffee",
+    seed: int = 0,
+    fps: float = 25.0,
+) -> Clip:
     """A solid disc of ``colour`` (diameter ``object_px``) moving in a straight line at 3.5-5.5 px/frame.
 
     The background is a static crop of ``photo`` with < 1% of pixels within ``NEAR_COLOUR_DIST`` of the colour.
@@ -218,8 +225,15 @@ def moving_object(colour: str = "red", n_frames: int = 40, size: tuple[int, int]
     return Clip(frames, fps, masks, query=_query(colour), description=f"{colour} disc moving over {photo}")
 
 
-def two_objects(colours: tuple[str, str] = ("red", "blue"), n_frames: int = 24, size: tuple[int, int] = (256, 256),
-                object_px: int = 40, photo: str = "coffee", seed: int = 0, fps: float = 25.0) -> tuple[Clip, Clip]:
+def two_objects(
+    colours: tuple[str, str] = ("red", "blue"),
+    n_frames: int = 24,
+    size: tuple[int, int] = (256, 256),
+    object_px: int = 40,
+    photo: str = "coffee",
+    seed: int = 0,
+    fps: float = 25.0,
+) -> tuple[Clip, Clip]:
     """Two discs of different colours moving over one photo: the first in the top half, the second below.
 
     Returns two Clips sharing the same ``frames`` list: each carries the masks and query of one object, so
@@ -232,16 +246,25 @@ def two_objects(colours: tuple[str, str] = ("red", "blue"), n_frames: int = 24, 
         raise ConfigError(f"object_px must be in [4, {min(size[0] // 2, size[1]) - 2}] for size {size}")
     rng = np.random.default_rng(seed)
     half = size[0] // 2
-    boxes = [(np.array([r, r]), np.array([half - 1 - r, size[1] - 1 - r])),
-             (np.array([half + r, r]), np.array([size[0] - 1 - r, size[1] - 1 - r]))]
+    boxes = [
+        (np.array([r, r]), np.array([half - 1 - r, size[1] - 1 - r])),
+        (np.array([half + r, r]), np.array([size[0] - 1 - r, size[1] - 1 - r])),
+    ]
     objects = [(rgb, _path(rng, n_frames, lo, hi, rng.uniform(3.5, 5.5)), r) for rgb, (lo, hi) in zip(rgbs, boxes)]
     frames, masks = _paint([_background(photo, size, rgbs)] * n_frames, objects)
     described = f"{colours[0]} and {colours[1]} discs moving over {photo}"
     return tuple(Clip(frames, fps, m, query=_query(c), description=described) for c, m in zip(colours, masks))
 
 
-def text_region(n_frames: int = 24, size: tuple[int, int] = (256, 256), photo: str = "astronaut",
-                drift: tuple[int, int] = (0, 1), noise_std: float = 1.5, seed: int = 0, fps: float = 25.0) -> Clip:
+def text_region(
+    n_frames: int = 24,
+    size: tuple[int, int] = (256, 256),
+    photo: str = "astronaut",
+    drift: tuple[int, int] = (0, 1),
+    noise_std: float = 1.5,
+    seed: int = 0,
+    fps: float = 25.0,
+) -> Clip:
     """A patch of printed text (``skimage.data.page``) pasted on a photo, drifting ``drift`` px/frame (dy, dx).
 
     The patch covers about a fifth of the frame and stays inside it; every frame gets sensor noise of
@@ -281,8 +304,10 @@ def _window_frames(photo: str, size: tuple[int, int], n_frames: int, shift: tupl
     # The window moves opposite to the content: content moving right means the window slides left.
     y_start = max(dy, 0) * (n_frames - 1)
     x_start = max(dx, 0) * (n_frames - 1)
-    return [canvas[y_start - t * dy : y_start - t * dy + h, x_start - t * dx : x_start - t * dx + w].copy()
-            for t in range(n_frames)]
+    return [
+        canvas[y_start - t * dy : y_start - t * dy + h, x_start - t * dx : x_start - t * dx + w].copy()
+        for t in range(n_frames)
+    ]
 
 
 def _integer_shift(shift: tuple[int, int]) -> tuple[int, int]:
@@ -291,8 +316,13 @@ def _integer_shift(shift: tuple[int, int]) -> tuple[int, int]:
     return int(shift[0]), int(shift[1])
 
 
-def pan(n_frames: int = 40, size: tuple[int, int] = (256, 256), shift: tuple[int, int] = (0, 4),
-        photo: str = "astronaut", fps: float = 25.0) -> Clip:
+def pan(
+    n_frames: int = 40,
+    size: tuple[int, int] = (256, 256),
+    shift: tuple[int, int] = (0, 4),
+    photo: str = "astronaut",
+    fps: float = 25.0,
+) -> Clip:
     """A camera pan: content moves by exactly ``shift = (dy, dx)`` px per frame (+x right, +y down); no noise."""
     _check(n_frames, size)
     dy, dx = _integer_shift(shift)
@@ -300,14 +330,25 @@ def pan(n_frames: int = 40, size: tuple[int, int] = (256, 256), shift: tuple[int
     return Clip(frames, fps, shift_px=(float(dy), float(dx)), description=f"pan over {photo}, content {shift} px/frame")
 
 
-def shifted(n_frames: int = 12, size: tuple[int, int] = (256, 256), shift: tuple[int, int] = (0, 8),
-            photo: str = "chelsea", fps: float = 25.0) -> Clip:
+def shifted(
+    n_frames: int = 12,
+    size: tuple[int, int] = (256, 256),
+    shift: tuple[int, int] = (0, 8),
+    photo: str = "chelsea",
+    fps: float = 25.0,
+) -> Clip:
     """Like :func:`pan`, with a default content shift of one 8-px cell per frame, for flow tests."""
     return pan(n_frames, size, shift, photo, fps)
 
 
-def fade(n_frames: int = 50, size: tuple[int, int] = (256, 256), photo_a: str = "coffee",
-         photo_b: str = "astronaut", hold: int = 10, fps: float = 25.0) -> Clip:
+def fade(
+    n_frames: int = 50,
+    size: tuple[int, int] = (256, 256),
+    photo_a: str = "coffee",
+    photo_b: str = "astronaut",
+    hold: int = 10,
+    fps: float = 25.0,
+) -> Clip:
     """``hold`` frames of ``photo_a``, a linear cross-fade over ``n_frames - 2 * hold`` frames, ``hold`` of ``photo_b``.
 
     A slow fade is not a cut: ``cuts`` is empty.
@@ -323,8 +364,14 @@ def fade(n_frames: int = 50, size: tuple[int, int] = (256, 256), photo_a: str = 
     return Clip(frames, fps, description=f"cross-fade {photo_a} -> {photo_b} over {n_frames - 2 * hold} frames")
 
 
-def static(n_frames: int = 30, size: tuple[int, int] = (256, 256), photo: str = "camera", noise_std: float = 1.5,
-           seed: int = 0, fps: float = 25.0) -> Clip:
+def static(
+    n_frames: int = 30,
+    size: tuple[int, int] = (256, 256),
+    photo: str = "camera",
+    noise_std: float = 1.5,
+    seed: int = 0,
+    fps: float = 25.0,
+) -> Clip:
     """A static shot of ``photo`` with Gaussian sensor noise of ``noise_std`` levels per frame."""
     _check(n_frames, size)
     rng = np.random.default_rng(seed)
@@ -333,8 +380,13 @@ def static(n_frames: int = 30, size: tuple[int, int] = (256, 256), photo: str = 
     return Clip(frames, fps, shift_px=(0.0, 0.0), description=f"static {photo}, noise std {noise_std}")
 
 
-def cuts_clip(n_frames: int = 60, size: tuple[int, int] = (256, 256),
-              photos: tuple[str, ...] = ("coffee", "astronaut", "rocket"), seed: int = 0, fps: float = 25.0) -> Clip:
+def cuts_clip(
+    n_frames: int = 60,
+    size: tuple[int, int] = (256, 256),
+    photos: tuple[str, ...] = ("coffee", "astronaut", "rocket"),
+    seed: int = 0,
+    fps: float = 25.0,
+) -> Clip:
     """Equal-length shots of different photos joined by hard cuts; each shot pans 1 px/frame with noise std 1.5.
 
     ``cuts`` are the first frames of shots 2.. (``round(i * n_frames / len(photos))``).

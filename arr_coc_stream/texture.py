@@ -18,9 +18,9 @@ from .channels import CHANNELS, CLIP_CHANNELS
 
 # Fixed scales: the value of each raw statistic that maps to tanh(1) ~ 0.76. Chosen on real clips
 # (bikes, bigbuckbunny) so typical textured regions sit mid-range and strong structure saturates.
-EDGE_SCALE = 0.05       # cell-mean Sobel magnitude (gradient in intensity per pixel)
-HIGHPASS_SCALE = 0.1    # cell-mean |Laplacian|
-FLAT_SCALE = 0.05       # cell luminance std
+EDGE_SCALE = 0.05  # cell-mean Sobel magnitude (gradient in intensity per pixel)
+HIGHPASS_SCALE = 0.1  # cell-mean |Laplacian|
+FLAT_SCALE = 0.05  # cell luminance std
 MOTION_DEADZONE = 0.015  # cell-mean |dI| below this is sensor / compression noise
 MOTION_SCALE = 0.05
 SALIENCY_SCALE = 0.3
@@ -29,8 +29,8 @@ STROKE_CONTRAST_FLOOR = 0.1  # DESIGN.md: max(local contrast, 0.1) keeps flat no
 # 0.35 (cell mean 0.05 measured; 0.22 with the ramp starting at 0.25). Noise from std ~0.015 on reaches
 # stroke-like ratios: separating it from strokes of the same amplitude would need an elongation test.
 STROKE_LOW, STROKE_HIGH = 0.35, 0.5
-STROKE_DENSITY = 6.0    # a single 1-px stroke covers 1/8 of an 8-px cell: tanh(6 / 8) = 0.64
-STRONG_EDGE = 0.5       # grid edge value that counts as a strong edge for edge_distance
+STROKE_DENSITY = 6.0  # a single 1-px stroke covers 1/8 of an 8-px cell: tanh(6 / 8) = 0.64
+STRONG_EDGE = 0.5  # grid edge value that counts as a strong edge for edge_distance
 EDGE_DISTANCE_STEPS = 16  # distances beyond 16 cells saturate
 KMEANS_ITERS = 3  # from spread seeds on a 32x32 grid, assignments barely change after 3
 KMEANS_POS_WEIGHT = 0.5
@@ -41,9 +41,17 @@ EPS = 1e-3
 
 
 # Sobel x, Sobel y (over 8: intensity per pixel) and the Laplacian as one [3, 1, 3, 3] convolution
-DERIVATIVE_KERNELS = torch.tensor([[[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]],
-                                   [[[-1, -2, -1], [0, 0, 0], [1, 2, 1]]],
-                                   [[[0, 8, 0], [8, -32, 8], [0, 8, 0]]]], dtype=torch.float32) / 8.0
+DERIVATIVE_KERNELS = (
+    torch.tensor(
+        [
+            [[[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]],
+            [[[-1, -2, -1], [0, 0, 0], [1, 2, 1]]],
+            [[[0, 8, 0], [8, -32, 8], [0, 8, 0]]],
+        ],
+        dtype=torch.float32,
+    )
+    / 8.0
+)
 
 
 def for_runtime() -> bool:
@@ -87,11 +95,11 @@ def max_filter(x: Tensor, size: int) -> Tensor:
     p = F.pad(x, (r, r, 0, 0), mode="replicate")
     out = p[..., :, 0:w]
     for i in range(1, size):
-        out = torch.maximum(out, p[..., :, i:i + w])
+        out = torch.maximum(out, p[..., :, i : i + w])
     p = F.pad(out, (0, 0, r, r), mode="replicate")
     out = p[..., 0:h, :]
     for i in range(1, size):
-        out = torch.maximum(out, p[..., i:i + h, :])
+        out = torch.maximum(out, p[..., i : i + h, :])
     return out
 
 
@@ -307,8 +315,9 @@ def texture(
     gx, gy = der[:, 0:1], der[:, 1:2]
     stroke_px = stroke_response(luma)
     # one pooling pass over every per-pixel statistic: ten separate avg_pool2d calls cost ~3x more on a CPU
-    px = torch.cat([torch.sqrt(gx * gx + gy * gy), stroke_px, der[:, 2:3].abs(), gx * gx, gy * gy, gx * gy],
-                   dim=1)  # [B, 6, H, W]
+    px = torch.cat(
+        [torch.sqrt(gx * gx + gy * gy), stroke_px, der[:, 2:3].abs(), gx * gx, gy * gy, gx * gy], dim=1
+    )  # [B, 6, H, W]
     cells = to_grid(px, cell_px)  # [B, 6, gh, gw]
     colour = cell_colour(rgb, cell_px)
     out["r"], out["g"], out["b"] = colour[:, 0:1], colour[:, 1:2], colour[:, 2:3]
@@ -326,7 +335,7 @@ def texture(
     out["prev_relevance"], out["prev_saliency"], out["fixation"] = caches[:, 0:1], caches[:, 1:2], caches[:, 2:3]
     zeros = torch.zeros_like(out["edge"])
     for i, name in enumerate(CLIP_CHANNELS):
-        out[name] = zeros if head_channels is None else head_channels[:, i:i + 1]
+        out[name] = zeros if head_channels is None else head_channels[:, i : i + 1]
     out.update(cluster_channels(out, pos.to(rgb), clusters, with_clip=head_channels is not None))
     out["edge_distance"] = edge_distance(out["edge"])
 
@@ -342,8 +351,7 @@ def texture(
     return torch.cat([out[name] for name in CHANNELS], dim=1)
 
 
-def cluster_channels(channels: dict[str, Tensor], pos: Tensor, clusters: int, with_clip: bool
-                     ) -> dict[str, Tensor]:
+def cluster_channels(channels: dict[str, Tensor], pos: Tensor, clusters: int, with_clip: bool) -> dict[str, Tensor]:
     """The clustering: k-means of the cells on their colour (and clip_* channels) and position.
 
     Reads channels r, g, b and, with ``with_clip``, clip_0..clip_15 by name; positions come from the grid.
@@ -397,6 +405,7 @@ class Texture(nn.Module):
         self.register_buffer("ecc", ecc, persistent=False)
         self.cell_px, self.clusters = cell_px, clusters
 
-    def forward(self, rgb: Tensor, luma: Tensor, motion: Tensor, caches: Tensor,
-                head_channels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, rgb: Tensor, luma: Tensor, motion: Tensor, caches: Tensor, head_channels: Tensor | None = None
+    ) -> Tensor:
         return texture(rgb, luma, motion, caches, self.pos, self.ecc, self.cell_px, self.clusters, head_channels)

@@ -26,8 +26,15 @@ from .backends import TensorRTUnavailable, import_tensorrt, tensorrt_major
 from .errors import ConfigError, ModelError
 from .model_file import companion_path, engine_json_path, read_model
 
-__all__ = ["BuildConfig", "BuildResult", "TensorRTUnavailable", "build_all", "build_engine", "gpu_info",
-           "import_tensorrt"]
+__all__ = [
+    "BuildConfig",
+    "BuildResult",
+    "TensorRTUnavailable",
+    "build_all",
+    "build_engine",
+    "gpu_info",
+    "import_tensorrt",
+]
 
 DEFAULT_WORKSPACE_MIB = 4096
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
@@ -74,8 +81,10 @@ def gpu_info() -> tuple[list[int], str]:
     import torch
 
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable("CUDA is not available (no NVIDIA GPU, driver or CUDA build of torch here): "
-                                  "TensorRT engines are built on the GPU that will run them")
+        raise TensorRTUnavailable(
+            "CUDA is not available (no NVIDIA GPU, driver or CUDA build of torch here): "
+            "TensorRT engines are built on the GPU that will run them"
+        )
     return list(torch.cuda.get_device_capability()), torch.cuda.get_device_name()
 
 
@@ -88,8 +97,10 @@ def build_engine(build: BuildConfig, trt: ModuleType | None = None) -> BuildResu
         ModelError: the ONNX file is missing, not this library's, or TensorRT cannot parse or build it.
     """
     if build.int8:
-        raise ConfigError("--int8 is refused: TensorRT 10/11 take INT8 only through explicit quantization "
-                          "(Q/DQ nodes in the ONNX), and this graph has none; build FP32 or the _fp16 file")
+        raise ConfigError(
+            "--int8 is refused: TensorRT 10/11 take INT8 only through explicit quantization "
+            "(Q/DQ nodes in the ONNX), and this graph has none; build FP32 or the _fp16 file"
+        )
     if build.workspace_mib <= 0:
         raise ConfigError(f"workspace must be > 0 MiB, got {build.workspace_mib}")
     meta = read_model(build.onnx).metadata
@@ -117,8 +128,9 @@ def build_engine(build: BuildConfig, trt: ModuleType | None = None) -> BuildResu
         tensor = network.get_input(i)
         rest = [int(d) for d in tuple(tensor.shape)[1:]]
         shapes[tensor.name] = {"min": [1, *rest], "opt": [batch_max, *rest], "max": [batch_max, *rest]}
-        profile.set_shape(tensor.name, shapes[tensor.name]["min"], shapes[tensor.name]["opt"],
-                          shapes[tensor.name]["max"])
+        profile.set_shape(
+            tensor.name, shapes[tensor.name]["min"], shapes[tensor.name]["opt"], shapes[tensor.name]["max"]
+        )
     config.add_optimization_profile(profile)
 
     cache_path = build.timing_cache_path
@@ -128,8 +140,7 @@ def build_engine(build: BuildConfig, trt: ModuleType | None = None) -> BuildResu
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ModelError(f"TensorRT {trt.__version__} failed to build an engine from {build.onnx} "
-                         "(see the log above)")
+        raise ModelError(f"TensorRT {trt.__version__} failed to build an engine from {build.onnx} (see the log above)")
     engine = build.engine_path
     engine.parent.mkdir(parents=True, exist_ok=True)
     engine.write_bytes(bytes(serialized))
@@ -161,6 +172,12 @@ def build_all(build: BuildConfig, trt: ModuleType | None = None) -> list[BuildRe
     to ``<engine stem>_<name>.engine``), with the same workspace and timing cache."""
     results = [build_engine(build, trt)]
     for name in results[0].info["model"].get("companions", []):
-        results.append(build_engine(dataclasses.replace(
-            build, onnx=companion_path(build.onnx, name), output=companion_path(build.engine_path, name)), trt))
+        results.append(
+            build_engine(
+                dataclasses.replace(
+                    build, onnx=companion_path(build.onnx, name), output=companion_path(build.engine_path, name)
+                ),
+                trt,
+            )
+        )
     return results

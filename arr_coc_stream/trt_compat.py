@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -60,14 +61,21 @@ class CompatReport:
     def verdict(self) -> str:
         """A few lines for humans: the verdict, then each issue and warning."""
         nodes = sum(self.op_counts.values())
-        head = (f"TensorRT compatibility (operator table of TensorRT {self.tensorrt_version}): "
-                f"{'OK' if self.ok else 'FAILED'}, {nodes} nodes, {len(self.op_counts)} operator types")
+        head = (
+            f"TensorRT compatibility (operator table of TensorRT {self.tensorrt_version}): "
+            f"{'OK' if self.ok else 'FAILED'}, {nodes} nodes, {len(self.op_counts)} operator types"
+        )
         lines = [head] + [f"  error: {i}" for i in self.issues] + [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "tensorrt_version": self.tensorrt_version, "source": self.source,
-                "issues": [str(i) for i in self.issues], "warnings": list(self.warnings)}
+        return {
+            "ok": self.ok,
+            "tensorrt_version": self.tensorrt_version,
+            "source": self.source,
+            "issues": [str(i) for i in self.issues],
+            "warnings": list(self.warnings),
+        }
 
 
 @lru_cache(maxsize=1)
@@ -91,13 +99,14 @@ def check_tensorrt_compat(model: onnx.ModelProto | str | os.PathLike[str]) -> Co
     report = CompatReport(support["tensorrt_version"], support["source"])
     try:
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # noqa: BLE001 - inference is best effort: the op checks still run
+    except Exception as exc:
         report.warnings.append(f"shape inference failed ({exc}); tensor types and ranks were not checked")
     lo, hi = support["opset_range"]
     for imp in model.opset_import:
         if imp.domain in _DEFAULT_DOMAINS and not lo <= imp.version <= hi:
-            report.issues.append(CompatIssue("<model>", "opset", None,
-                                             f"opset {imp.version} outside TensorRT's range {lo}..{hi}"))
+            report.issues.append(
+                CompatIssue("<model>", "opset", None, f"opset {imp.version} outside TensorRT's range {lo}..{hi}")
+            )
     _check_graph(model.graph, support, report)
     return report
 
@@ -116,33 +125,41 @@ def _check_graph(graph: onnx.GraphProto, support: dict[str, Any], report: Compat
         report.op_counts[node.op_type] += 1
         label = node.name or (node.output[0] if node.output else node.op_type)
         if node.domain not in _DEFAULT_DOMAINS:
-            report.issues.append(CompatIssue(label, node.op_type, None,
-                                             f"custom domain {node.domain!r} has no TensorRT importer"))
+            report.issues.append(
+                CompatIssue(label, node.op_type, None, f"custom domain {node.domain!r} has no TensorRT importer")
+            )
             continue
         if node.op_type in support["project_forbidden"]:
             report.issues.append(CompatIssue(label, node.op_type, None, support["project_forbidden"][node.op_type]))
             continue
         spec = ops.get(node.op_type)
         if spec is None or not spec["supported"]:
-            report.issues.append(CompatIssue(label, node.op_type, None,
-                                             f"not supported by TensorRT {support['tensorrt_version']}"))
+            report.issues.append(
+                CompatIssue(label, node.op_type, None, f"not supported by TensorRT {support['tensorrt_version']}")
+            )
             continue
         for issue in _check_limits(node, label, support["limits"], consts, ranks):
             report.issues.append(issue)
         for attr in node.attribute:  # If / Loop / Scan bodies
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 _check_graph(sub, support, report)
 
 
-def _check_limits(node: onnx.NodeProto, label: str, limits: dict[str, Any], consts: dict[str, Any],
-                  ranks: dict[str, int]) -> Iterator[CompatIssue]:
+def _check_limits(
+    node: onnx.NodeProto, label: str, limits: dict[str, Any], consts: dict[str, Any], ranks: dict[str, int]
+) -> Iterator[CompatIssue]:
     op = node.op_type
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
     rule = limits.get(op, {})
     if op == "Resize":
-        defaults = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
-                    "nearest_mode": "round_prefer_floor", "keep_aspect_ratio_policy": "stretch", "antialias": 0}
+        defaults = {
+            "mode": "nearest",
+            "coordinate_transformation_mode": "half_pixel",
+            "nearest_mode": "round_prefer_floor",
+            "keep_aspect_ratio_policy": "stretch",
+            "antialias": 0,
+        }
         for name, default in defaults.items():
             value = attrs.get(name, default)
             if value not in rule[name]:
@@ -180,8 +197,13 @@ def _check_limits(node: onnx.NodeProto, label: str, limits: dict[str, Any], cons
             yield CompatIssue(label, op, node.input[i], f"input {i} must be a constant for TensorRT")
 
 
-def _check_types(graph: onnx.GraphProto, types: dict[str, int], consumers: dict[str, list[onnx.NodeProto]],
-                 support: dict[str, Any], report: CompatReport) -> None:
+def _check_types(
+    graph: onnx.GraphProto,
+    types: dict[str, int],
+    consumers: dict[str, list[onnx.NodeProto]],
+    support: dict[str, Any],
+    report: CompatReport,
+) -> None:
     allowed = {getattr(TensorProto, t) for t in support["tensor_types"]}
     io_only = {getattr(TensorProto, t) for t in support["io_only_types"]}
     limited = {getattr(TensorProto, t) for t in support["limited_types"]}
@@ -194,12 +216,21 @@ def _check_types(graph: onnx.GraphProto, types: dict[str, int], consumers: dict[
             report.issues.append(CompatIssue(name, "tensor", "type", f"type {tname} is not supported by TensorRT"))
         elif elem in io_only:
             if name not in graph_io:
-                report.issues.append(CompatIssue(name, "tensor", "type", f"{tname} tensor inside the network: "
-                                                 f"{support['io_only_types'][tname]}"))
+                report.issues.append(
+                    CompatIssue(
+                        name, "tensor", "type", f"{tname} tensor inside the network: {support['io_only_types'][tname]}"
+                    )
+                )
             for node in consumers.get(name, []):
                 if node.op_type != "Cast":
-                    report.issues.append(CompatIssue(node.name or node.op_type, node.op_type, "type",
-                                                     f"reads {tname} input {name!r}; only a Cast may"))
+                    report.issues.append(
+                        CompatIssue(
+                            node.name or node.op_type,
+                            node.op_type,
+                            "type",
+                            f"reads {tname} input {name!r}; only a Cast may",
+                        )
+                    )
 
 
 def _tensor_types(graph: onnx.GraphProto) -> dict[str, int]:

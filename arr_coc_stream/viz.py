@@ -18,12 +18,13 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
-import cv2  # before av: the other order can hang cv2.imshow (DESIGN.md section 11)
 import av
+import cv2  # before av: the other order can hang cv2.imshow (DESIGN.md section 11)
 import numpy as np
 
 from .errors import ConfigError, MissingExtraError, OutputError
@@ -58,23 +59,30 @@ def _text_box(text: str, scale: float) -> tuple[int, int, int, int]:
     return tw + 2 * pad, th + base + 2 * pad, pad, base
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float,
-          color: tuple[int, int, int]) -> tuple[int, int]:
+def _text(
+    img: np.ndarray, text: str, org: tuple[int, int], scale: float, color: tuple[int, int, int]
+) -> tuple[int, int]:
     """Draw ``text`` on a dark box whose top-left corner is ``org``; return the box's (width, height)."""
     w, h, pad, base = _text_box(text, scale)
     x, y = org
-    roi = img[max(y, 0):y + h, max(x, 0):x + w]
+    roi = img[max(y, 0) : y + h, max(x, 0) : x + w]
     roi[:] = (roi * 0.35).astype(np.uint8)  # dark box, the frame still faintly visible behind
     cv2.putText(img, text, (x + pad, y + h - pad - base), _FONT, scale, color, max(1, round(scale * 2)), cv2.LINE_AA)
     return w, h
 
 
-def _tag(img: np.ndarray, text: str, org: tuple[int, int], scale: float, fill: tuple[int, int, int],
-         color: tuple[int, int, int] = (0, 0, 0)) -> tuple[int, int]:
+def _tag(
+    img: np.ndarray,
+    text: str,
+    org: tuple[int, int],
+    scale: float,
+    fill: tuple[int, int, int],
+    color: tuple[int, int, int] = (0, 0, 0),
+) -> tuple[int, int]:
     """Draw ``text`` in ``color`` on a box filled with ``fill`` at top-left ``org``; return its (width, height)."""
     w, h, pad, base = _text_box(text, scale)
     x, y = org
-    img[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)] = fill  # clipped to the frame (negative ends wrap)
+    img[max(y, 0) : max(y + h, 0), max(x, 0) : max(x + w, 0)] = fill  # clipped to the frame (negative ends wrap)
     cv2.putText(img, text, (x + pad, y + h - pad - base), _FONT, scale, color, max(1, round(scale * 2)), cv2.LINE_AA)
     return w, h
 
@@ -118,8 +126,9 @@ def draw_overlay(frame: np.ndarray, result: FrameResult, *, query: str | None = 
     np.copyto(out, lit, where=mask[..., None] > 0)
 
     # Outline of the selected cells: boundary pixels of the selection mask at pixel resolution.
-    inner = cv2.erode(mask, np.ones((2 * line + 1, 2 * line + 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                      borderValue=0)
+    inner = cv2.erode(
+        mask, np.ones((2 * line + 1, 2 * line + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0
+    )
     out[(mask > 0) & (inner == 0)] = OUTLINE_RGB
 
     crops = _draw_windows(out, result, line + 1, font * 0.7)  # one px bolder than the cells: windows read first
@@ -136,8 +145,9 @@ def draw_overlay(frame: np.ndarray, result: FrameResult, *, query: str | None = 
     return out
 
 
-def _draw_windows(img: np.ndarray, result: FrameResult, line: int,
-                  scale: float) -> list[tuple[str, tuple[int, int, int]]]:
+def _draw_windows(
+    img: np.ndarray, result: FrameResult, line: int, scale: float
+) -> list[tuple[str, tuple[int, int, int]]]:
     """Draw one numbered outline per foveal window with a budget, strongest (first in score order) on top.
 
     A window's outline is drawn only outside the windows already drawn, so a weaker window's edge stops where a
@@ -165,17 +175,22 @@ def _draw_windows(img: np.ndarray, result: FrameResult, line: int,
         cv2.rectangle(ring, (0, 0), (x1 - x0 - 1, y1 - y0 - 1), 1, line)
         img[y0:y1, x0:x1][(ring > 0) & ~covered[y0:y1, x0:x1]] = colour
         tw, th = _text_box(str(n), scale)[:2]
-        corners = [(x0 + line, y0 + line), (x1 - line - tw, y0 + line), (x0 + line, y1 - line - th),
-                   (x1 - line - tw, y1 - line - th)]
-        free = [(x, y) for x, y in corners if x >= 0 and y >= 0 and not covered[y:y + th, x:x + tw].any()]
+        corners = [
+            (x0 + line, y0 + line),
+            (x1 - line - tw, y0 + line),
+            (x0 + line, y1 - line - th),
+            (x1 - line - tw, y1 - line - th),
+        ]
+        free = [(x, y) for x, y in corners if x >= 0 and y >= 0 and not covered[y : y + th, x : x + tw].any()]
         _tag(img, str(n), (free or corners)[0], scale, colour)
         covered[y0:y1, x0:x1] = True
         entries.append((f"{n} L{lod} {budget}", colour))
     return entries
 
 
-def _legend(img: np.ndarray, font: float, line: int, crops: list[tuple[str, tuple[int, int, int]]], *,
-            inset: int = 0) -> None:
+def _legend(
+    img: np.ndarray, font: float, line: int, crops: list[tuple[str, tuple[int, int, int]]], *, inset: int = 0
+) -> None:
     """Key along the bottom-left corner, ``inset`` px from the edges (inside a cut's border): relevance colour bar,
     selection outline, dimming, then each crop window's tag (number, level of detail, budget) in its grey; entries
     that do not fit wrap onto a line above."""
@@ -187,7 +202,7 @@ def _legend(img: np.ndarray, font: float, line: int, crops: list[tuple[str, tupl
     x, y = inset, h - inset - box_h
     x += _text(img, "relevance 0", (x, y), scale, TEXT_RGB)[0]
     bar_w = max(0, min(bar_w, w - inset - x))  # a frame narrower than the key: the bar is cut, never overruns
-    img[y:y + box_h, x:x + bar_w] = _heat(np.linspace(0.0, 1.0, bar_w))[None]  # [1, bar_w, 3] broadcast down
+    img[y : y + box_h, x : x + bar_w] = _heat(np.linspace(0.0, 1.0, bar_w))[None]  # [1, bar_w, 3] broadcast down
     x += bar_w
     x += _text(img, "1", (x, y), scale, TEXT_RGB)[0] + gap
     # (text, colour, kind): "outlined" like the selection, a "tag" filled like a window's number, or plain "text"
@@ -239,14 +254,22 @@ class OverlaySink:
         OutputError: the file cannot be created or written.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fps: float | None = None, scale: float = 1.0,
-                 query: str | None = None, crf: int = 20) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fps: float | None = None,
+        scale: float = 1.0,
+        query: str | None = None,
+        crf: int = 20,
+    ) -> None:
         if not 0.0 < scale <= 4.0:
             raise ConfigError(f"overlay scale must be in (0, 4], got {scale}")
         self.path = Path(path)
         if self.path.suffix.lower() not in OVERLAY_SUFFIXES:
-            raise ConfigError(f"overlay {self.path}: the overlay is a fragmented MP4, name it "
-                              f"{' / '.join(OVERLAY_SUFFIXES)}")
+            raise ConfigError(
+                f"overlay {self.path}: the overlay is a fragmented MP4, name it {' / '.join(OVERLAY_SUFFIXES)}"
+            )
         self.rate = Fraction(fps or DEFAULT_FPS).limit_denominator(1001)  # 29.97 stays 30000/1001
         self.scale, self.query, self.crf = scale, query, crf
         self._container: Any = None
@@ -257,8 +280,10 @@ class OverlaySink:
         """Draw ``result`` on its full-resolution ``frame`` ([H, W, 3] uint8 RGB, or a :class:`Frame`) and encode it."""
         image = frame if isinstance(frame, np.ndarray) else (frame.full if frame.full is not None else frame.rgb)
         if image.shape[:2] != tuple(result.source_size):
-            raise ConfigError(f"the overlay needs frames at the source resolution {result.source_size}, got "
-                              f"{image.shape[:2]}: open the source with keep_full=True")
+            raise ConfigError(
+                f"the overlay needs frames at the source resolution {result.source_size}, got "
+                f"{image.shape[:2]}: open the source with keep_full=True"
+            )
         if self._container is None:
             self._open(image.shape[0], image.shape[1])
         if image.shape[:2] != (self._stream.height, self._stream.width):
@@ -274,12 +299,14 @@ class OverlaySink:
     def _open(self, h: int, w: int) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.path), "w", format=OVERLAY_SUFFIXES[self.path.suffix.lower()],
-                                      options=FRAGMENTED)
+            self._container = av.open(
+                str(self.path), "w", format=OVERLAY_SUFFIXES[self.path.suffix.lower()], options=FRAGMENTED
+            )
         except (av.FFmpegError, OSError, ValueError) as e:
             raise OutputError(f"cannot create the overlay video {self.path}: {e}") from e
-        self._stream = self._container.add_stream("libx264", rate=self.rate,
-                                                  options={"crf": str(self.crf), "preset": "veryfast"})
+        self._stream = self._container.add_stream(
+            "libx264", rate=self.rate, options={"crf": str(self.crf), "preset": "veryfast"}
+        )
         self._stream.width, self._stream.height = _even(w * self.scale), _even(h * self.scale)
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = 1 / self.rate
@@ -303,8 +330,15 @@ TIMELINE_FIELDS = ("index", "time", "total_budget", "mean_relevance", "scene_sco
 
 def timeline_row(result: FrameResult) -> tuple[float, ...]:
     """The numbers :func:`plot_timeline` draws for one frame, in :data:`TIMELINE_FIELDS` order."""
-    return (result.index, result.time, result.total_budget, float(result.relevance.mean()), result.scene_score,
-            float(result.valid.sum()) / result.relevance.size, float(result.cut))
+    return (
+        result.index,
+        result.time,
+        result.total_budget,
+        float(result.relevance.mean()),
+        result.scene_score,
+        float(result.valid.sum()) / result.relevance.size,
+        float(result.cut),
+    )
 
 
 def timeline_data(results: Iterable[FrameResult]) -> dict[str, np.ndarray]:
@@ -319,7 +353,7 @@ def _series(rows: list[tuple[float, ...]]) -> dict[str, np.ndarray]:
     return data
 
 
-def _pyplot_free_figure(**kwargs: Any) -> "Figure":
+def _pyplot_free_figure(**kwargs: Any) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -327,9 +361,14 @@ def _pyplot_free_figure(**kwargs: Any) -> "Figure":
     return Figure(**kwargs)  # no pyplot: no global figure registry, no GUI backend
 
 
-def plot_timeline(results: Iterable[FrameResult] | dict[str, np.ndarray], path: str | os.PathLike[str] | None = None,
-                  *, title: str | None = None, cut_threshold: float | None = None,
-                  budget_cap: int | None = None) -> "Figure":
+def plot_timeline(
+    results: Iterable[FrameResult] | dict[str, np.ndarray],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    title: str | None = None,
+    cut_threshold: float | None = None,
+    budget_cap: int | None = None,
+) -> Figure:
     """Plot a run's per-frame total budget, mean relevance, scene score with the detected cuts, and selected share.
 
     Four panels over the frame index share the x axis; every detected cut is a red vertical line on each panel
@@ -373,14 +412,20 @@ def plot_timeline(results: Iterable[FrameResult] | dict[str, np.ndarray], path: 
     scene.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
     scene.legend(loc="upper center", ncols=2, fontsize="small")
     # From zero, so a jitter near the cap does not look like a swing; 8% above the top so it stays visible.
-    tops = [max(float(data["total_budget"].max(initial=0)), budget_cap or 0), data["mean_relevance"].max(initial=0),
-            data["selected_fraction"].max(initial=0)]
+    tops = [
+        max(float(data["total_budget"].max(initial=0)), budget_cap or 0),
+        data["mean_relevance"].max(initial=0),
+        data["selected_fraction"].max(initial=0),
+    ]
     for ax, top in zip((axes[0], axes[1], axes[3]), tops):
         ax.set_ylim(0, 1.08 * top or 1.0)
     axes[-1].set_xlabel("frame index")
     if len(cuts):
-        axes[0].set_title(("cut at frame " if len(cuts) == 1 else "cuts at frames ") + ", ".join(map(str, cuts)),
-                          fontsize="small", loc="left")
+        axes[0].set_title(
+            ("cut at frame " if len(cuts) == 1 else "cuts at frames ") + ", ".join(map(str, cuts)),
+            fontsize="small",
+            loc="left",
+        )
     if title:
         fig.suptitle(title)
     if path is not None:
@@ -396,8 +441,14 @@ class TimelineSink:
     install fails before the run, not after it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, title: str | None = None,
-                 cut_threshold: float | None = None, budget_cap: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        cut_threshold: float | None = None,
+        budget_cap: int | None = None,
+    ) -> None:
         _pyplot_free_figure()
         self.path, self.title = Path(path), title
         self._options = {"cut_threshold": cut_threshold, "budget_cap": budget_cap}

@@ -18,7 +18,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 
@@ -28,12 +29,16 @@ WINDOW = "arr_coc_stream"
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", "-q", default="red", help="text query (default: %(default)s)")
     p.add_argument("--max-frames", type=int, help="stop after this many processed frames (default: run until Ctrl-C)")
-    p.add_argument("--pacing", choices=("latest_frame", "every_frame"), default="latest_frame",
-                   help="latest_frame keeps up with real time and drops frames; every_frame drops none "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--pacing",
+        choices=("latest_frame", "every_frame"),
+        default="latest_frame",
+        help="latest_frame keeps up with real time and drops frames; every_frame drops none (default: %(default)s)",
+    )
     p.add_argument("--no-window", action="store_true", help="never open a window, even with a display")
-    p.add_argument("--overlay", default=None,
-                   help="overlay video written without a window (default: out/<demo>_overlay.mp4)")
+    p.add_argument(
+        "--overlay", default=None, help="overlay video written without a window (default: out/<demo>_overlay.mp4)"
+    )
     p.add_argument("--jsonl", help="also write every result to this JSONL file")
 
 
@@ -91,9 +96,11 @@ class Status:
         return (len(self._window) - 1) / span if span > 0 else 0.0
 
     def line(self) -> str:
-        return (f"frames {self.frames} | {self.fps:5.1f} fps | latency {self.latency_ms:4.0f} ms | dropped "
-                f"{self.dropped} | tokens {self.tokens}/frame, crops {self.crop_tokens} | cuts {self.cuts} | "
-                f"reconnects {self.reconnects}")
+        return (
+            f"frames {self.frames} | {self.fps:5.1f} fps | latency {self.latency_ms:4.0f} ms | dropped "
+            f"{self.dropped} | tokens {self.tokens}/frame, crops {self.crop_tokens} | cuts {self.cuts} | "
+            f"reconnects {self.reconnects}"
+        )
 
 
 def run(name: str, open_source: Callable[[tuple[int, int]], Any], args: argparse.Namespace, windowed: bool) -> int:
@@ -126,8 +133,11 @@ def run(name: str, open_source: Callable[[tuple[int, int]], Any], args: argparse
         return 2
     try:
         info = src.info
-        print(f"{info.uri}: {info.width}x{info.height}, {info.fps or 0:.3f} fps, {info.codec}, pacing "
-              f"{src.config.pacing}, query {args.query!r} -> terms {list(engine.query.terms)}", flush=True)
+        print(
+            f"{info.uri}: {info.width}x{info.height}, {info.fps or 0:.3f} fps, {info.codec}, pacing "
+            f"{src.config.pacing}, query {args.query!r} -> terms {list(engine.query.terms)}",
+            flush=True,
+        )
         if args.jsonl:
             source_info = {k: getattr(info, k) for k in ("uri", "width", "height", "fps", "codec", "live")}
             sinks.append(JsonlSink(args.jsonl, {**engine.header(), "source": source_info}))
@@ -137,15 +147,15 @@ def run(name: str, open_source: Callable[[tuple[int, int]], Any], args: argparse
             print(f"no window: overlay video -> {overlay}", flush=True)
         last_print = 0.0
         for frame in src:
-            result = engine.process(frame.rgb, frame.time, index=frame.index, source_size=frame.source_size,
-                                    reset=frame.reset)
+            result = engine.process(
+                frame.rgb, frame.time, index=frame.index, source_size=frame.source_size, reset=frame.reset
+            )
             result.gap, result.dropped = frame.gap, frame.dropped
             for sink in sinks:
                 sink.write(result, frame)
             status.update(result, time.monotonic() - frame.received)
             if windowed:
-                cv2.imshow(WINDOW, cv2.cvtColor(draw_overlay(frame.full, result, query=args.query),
-                                                cv2.COLOR_RGB2BGR))
+                cv2.imshow(WINDOW, cv2.cvtColor(draw_overlay(frame.full, result, query=args.query), cv2.COLOR_RGB2BGR))
                 cv2.setWindowTitle(WINDOW, status.line())
                 key = cv2.waitKey(1) & 0xFF
                 if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:

@@ -16,7 +16,6 @@ import argparse
 import sys
 
 import cv2  # noqa: F401  (first: the window must exist before PyAV is imported, see live_common)
-
 import live_common
 
 
@@ -31,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     def open_source(work_size: tuple[int, int]):
         from arr_coc_stream.sources import LiveConfig, StreamSource
 
-        return StreamSource(args.url, size=work_size, keep_full=True, transport=args.transport,
-                            config=LiveConfig(pacing=args.pacing, open_timeout_s=args.timeout))
+        return StreamSource(
+            args.url,
+            size=work_size,
+            keep_full=True,
+            transport=args.transport,
+            config=LiveConfig(pacing=args.pacing, open_timeout_s=args.timeout),
+        )
 
     return live_common.run("rtsp_demo", open_source, args, windowed)
 

@@ -34,8 +34,11 @@ def main() -> None:
         video, query = str(path), query or default_query
     out = Path(args.out)
     name = Path(video).stem
-    paths = {"jsonl": out / f"{name}.jsonl", "overlay": out / f"{name}_overlay.mp4",
-             "plot": out / f"{name}_timeline.png"}
+    paths = {
+        "jsonl": out / f"{name}.jsonl",
+        "overlay": out / f"{name}_overlay.mp4",
+        "plot": out / f"{name}_timeline.png",
+    }
     results = acs.run(video, query, max_frames=args.max_frames, progress=True, **paths)
     cuts = [r.index for r in results if r.cut]
     print(f"{len(results)} frames, cuts at {cuts}, query terms {list(results[0].query_terms)}")
@@ -49,8 +52,10 @@ def main() -> None:
     for k, crop in enumerate(best.crops(frame)):
         path = out / f"{name}_crop_{best.index}_{k}.png"
         cv2.imwrite(str(path), cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
-        print(f"  crop     {path}: cell {crop.cell}, {crop.budget} tokens, LOD {crop.lod}, box {crop.box}, "
-              f"{crop.image.shape[1]}x{crop.image.shape[0]} px")
+        print(
+            f"  crop     {path}: cell {crop.cell}, {crop.budget} tokens, LOD {crop.lod}, box {crop.box}, "
+            f"{crop.image.shape[1]}x{crop.image.shape[0]} px"
+        )
 
 
 if __name__ == "__main__":

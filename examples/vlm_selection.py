@@ -51,12 +51,24 @@ def qwen2vl_image_ids(grid: tuple[int, int], n_text: int) -> np.ndarray | None:
     except ImportError:
         return None
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, eos_token_id=1,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=16, num_heads=2, patch_size=PATCH,
-                           spatial_merge_size=MERGE),
-        image_token_id=60, vision_start_token_id=62, vision_end_token_id=63)
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            bos_token_id=0,
+            eos_token_id=1,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(
+            depth=1, embed_dim=16, hidden_size=16, num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE
+        ),
+        image_token_id=60,
+        vision_start_token_id=62,
+        vision_end_token_id=63,
+    )
     model = Qwen2VLModel(config).eval()
     gh, gw = grid
     ids = torch.tensor([[2] * (n_text - 1) + [62] + [60] * (gh * gw) + [63]])
@@ -64,7 +76,7 @@ def qwen2vl_image_ids(grid: tuple[int, int], n_text: int) -> np.ndarray | None:
     if "mm_token_type_ids" in inspect.signature(model.get_rope_index).parameters:  # transformers >= 5
         kwargs["mm_token_type_ids"] = (ids == 60).int()
     pos, _ = model.get_rope_index(ids, **kwargs)
-    return pos[:, 0, n_text:n_text + gh * gw].numpy()
+    return pos[:, 0, n_text : n_text + gh * gw].numpy()
 
 
 def main() -> None:

@@ -18,14 +18,17 @@ import argparse
 import sys
 
 import cv2  # first: the window must exist before PyAV is imported (see live_common)
-
 import live_common
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("device", nargs="?", default="0",
-                   help="camera index, device path, URL or file for cv2.VideoCapture (default: 0)")
+    p.add_argument(
+        "device",
+        nargs="?",
+        default="0",
+        help="camera index, device path, URL or file for cv2.VideoCapture (default: 0)",
+    )
     p.add_argument("--api", default="ANY", help="OpenCV backend: ANY, V4L2, FFMPEG, GSTREAMER... (default: ANY)")
     live_common.add_common_arguments(p)
     args, windowed = live_common.parse_args(p, argv)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from arr_coc_stream.cli import command_main  # noqa: E402
+from arr_coc_stream.cli import command_main
 
 if __name__ == "__main__":
     sys.exit(command_main("build-trt", prog="build_trt.py"))

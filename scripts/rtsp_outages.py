@@ -33,10 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import arr_coc_stream as acs  # noqa: E402
-from arr_coc_stream.sources import (
-    Frame,  # noqa: E402
-    StreamSource,  # noqa: E402
-)
+from arr_coc_stream.sources import Frame, StreamSource  # noqa: E402
 from tests.test_live import WORK, RtspServer, Tap, encode_clip  # noqa: E402
 
 
@@ -102,16 +99,20 @@ def main() -> int:
             gaps.append(r.gap)
             fine = r.reset and r.gap <= args.max_gap and abs(step_index - step_number) <= args.tolerance
             back = tap.received[r.index] - kills[len(gaps) - 1]
-            print(f"gap {len(gaps):2d}: {r.gap:.2f} s of stream (outage {outages[len(gaps) - 1]:.2f} s, a frame "
-                  f"back {back:.2f} s after the kill), {step_index - 1} frames counted lost, {step_number - 1} by "
-                  f"the frame numbers{'' if fine else '  <-- FAIL'}")
+            print(
+                f"gap {len(gaps):2d}: {r.gap:.2f} s of stream (outage {outages[len(gaps) - 1]:.2f} s, a frame "
+                f"back {back:.2f} s after the kill), {step_index - 1} frames counted lost, {step_number - 1} by "
+                f"the frame numbers{'' if fine else '  <-- FAIL'}"
+            )
             ok = ok and fine
         elif step_index != step_number:
             print(f"result {i}: index step {step_index} but frame-number step {step_number}  <-- FAIL")
             ok = False
     ok = ok and len(gaps) == args.cycles
-    print(f"{len(gaps)} gaps of {args.cycles}: max {max(gaps):.2f} s, mean {sum(gaps) / len(gaps):.2f} s "
-          f"(limit {args.max_gap:g} s); outages max {max(outages):.2f} s: {'PASS' if ok else 'FAIL'}")
+    print(
+        f"{len(gaps)} gaps of {args.cycles}: max {max(gaps):.2f} s, mean {sum(gaps) / len(gaps):.2f} s "
+        f"(limit {args.max_gap:g} s); outages max {max(outages):.2f} s: {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

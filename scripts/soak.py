@@ -66,9 +66,11 @@ def main() -> int:
     ref = steady[0][1]
     low, high = min(s[1] for s in steady), max(s[1] for s in steady)
     change = max(high - ref, ref - low) / ref
-    print(f"\n{frames} frames in {samples[-1][0]:.0f} s ({frames / samples[-1][0]:.1f} fps), {dropped} dropped by "
-          f"latest_frame pacing; RSS after {args.warmup:.0f} s warm-up {ref:.1f} MiB, min {low:.1f}, max {high:.1f}, "
-          f"end {steady[-1][1]:.1f} MiB: largest change {100 * change:.1f}% (limit {100 * args.tolerance:.0f}%)")
+    print(
+        f"\n{frames} frames in {samples[-1][0]:.0f} s ({frames / samples[-1][0]:.1f} fps), {dropped} dropped by "
+        f"latest_frame pacing; RSS after {args.warmup:.0f} s warm-up {ref:.1f} MiB, min {low:.1f}, max {high:.1f}, "
+        f"end {steady[-1][1]:.1f} MiB: largest change {100 * change:.1f}% (limit {100 * args.tolerance:.0f}%)"
+    )
     return 0 if change <= args.tolerance else 1
 
 

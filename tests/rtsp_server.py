@@ -39,18 +39,22 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
-VIDEO_LAUNCH = ("( appsrc name=src is-live=true format=time do-timestamp=true "
-                "caps=video/x-h264,stream-format=byte-stream,alignment=au "
-                "! rtph264pay name=pay0 pt=96 config-interval=-1 )")
-AUDIO_LAUNCH = ("( audiotestsrc is-live=true ! audioconvert ! audioresample ! audio/x-raw,rate=8000,channels=1 "
-                "! alawenc ! rtppcmapay name=pay0 pt=8 )")
+VIDEO_LAUNCH = (
+    "( appsrc name=src is-live=true format=time do-timestamp=true "
+    "caps=video/x-h264,stream-format=byte-stream,alignment=au "
+    "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+)
+AUDIO_LAUNCH = (
+    "( audiotestsrc is-live=true ! audioconvert ! audioresample ! audio/x-raw,rate=8000,channels=1 "
+    "! alawenc ! rtppcmapay name=pay0 pt=8 )"
+)
 
 
 class Publisher:
     """Pushes clip frame ``n % len(clip)`` into the current media's appsrc at ``epoch + n / fps``."""
 
     def __init__(self, data: bytes, frames: list[list[int]], fps: Fraction, epoch: float, log_path: str) -> None:
-        self.units = [data[off:off + size] for off, size, _ in frames]  # one access unit per frame
+        self.units = [data[off : off + size] for off, size, _ in frames]  # one access unit per frame
         self.keys = [bool(key) for _, _, key in frames]
         self.fps, self.epoch = fps, epoch
         self.log = open(log_path, "a", buffering=1)  # line-buffered: each line reaches the file as it is written

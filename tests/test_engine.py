@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import jaccard as _jaccard
 
 import arr_coc_stream as acs
 from arr_coc_stream import realizing, synth
 from arr_coc_stream.bench import BIKES_CUTS, object_cells
 from arr_coc_stream.sources import IterableSource
 from arr_coc_stream.texture import luminance
-from conftest import jaccard as _jaccard
 
 
 @pytest.fixture()
@@ -37,11 +37,14 @@ def test_bikes_cuts_at_each_new_shot_and_nowhere_else(bikes: list[acs.FrameResul
         assert abs(found - true) <= 1, f"cuts found {cuts}, expected {BIKES_CUTS}"
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: synth.fade(n_frames=60), id="slow-fade"),
-    pytest.param(lambda: synth.pan(n_frames=40, shift=(0, 4)), id="pan"),
-    pytest.param(lambda: synth.pan(n_frames=40, shift=(3, -6), photo="coffee"), id="diagonal-pan"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: synth.fade(n_frames=60), id="slow-fade"),
+        pytest.param(lambda: synth.pan(n_frames=40, shift=(0, 4)), id="pan"),
+        pytest.param(lambda: synth.pan(n_frames=40, shift=(3, -6), photo="coffee"), id="diagonal-pan"),
+    ],
+)
 def test_fades_and_pans_are_not_cuts(make) -> None:
     clip = make()
     results = acs.run(IterableSource(clip.frames, fps=clip.fps))
@@ -121,7 +124,8 @@ def test_coarse_flow_recovers_a_known_shift() -> None:
             flow = realizing.coarse_flow(cur, prev, (32, 32), radius=4)[0]
             inner = flow[:, 4:-4, 4:-4]  # cells whose source is inside the frame
             assert (inner[0] - fx).abs().max() < 0.25 and (inner[1] - fy).abs().max() < 0.25, (
-                f"flow x {inner[0].mean():.3f} y {inner[1].mean():.3f}, expected ({fx}, {fy})")
+                f"flow x {inner[0].mean():.3f} y {inner[1].mean():.3f}, expected ({fx}, {fy})"
+            )
 
 
 def test_output_shapes_do_not_depend_on_content() -> None:

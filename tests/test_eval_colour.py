@@ -41,7 +41,7 @@ def test_naming_and_hue_of_single_colours():
     assert hue[0, _w("blue")] and not hue[0, _w("green")] and not hue[0, _w("grey")]
     assert hue[1, _w("green")] and not hue[1, _w("blue")]
     # achromatic words by lightness and chroma: each grey level is exactly one of them
-    assert [list(np.flatnonzero(hue[i, _w("white"):])) for i in (2, 3, 4)] == [[0], [1], [2]]
+    assert [list(np.flatnonzero(hue[i, _w("white") :])) for i in (2, 3, 4)] == [[0], [1], [2]]
     assert not hue[5, _w("black")]  # a dark navy is too chromatic for black
 
 
@@ -96,8 +96,9 @@ def test_mixed_cell_is_excluded():
     assert truth.negative[1:, :, b].all() and truth.negative[0, 1:, b].all()
 
 
-@pytest.mark.parametrize(("grid", "size"), [((32, 32), (720, 1280)), ((32, 32), (272, 640)),
-                                            ((32, 32), (144, 176)), ((8, 12), (50, 61))])
+@pytest.mark.parametrize(
+    ("grid", "size"), [((32, 32), (720, 1280)), ((32, 32), (272, 640)), ((32, 32), (144, 176)), ((8, 12), (50, 61))]
+)
 def test_cell_boxes_match_the_engine(grid, size):
     ours = ev.cell_boxes_px(grid, size)
     np.testing.assert_array_equal(ours, cell_boxes(np.arange(grid[0] * grid[1]), grid, size))
@@ -179,8 +180,16 @@ def test_colour_rows_end_to_end():
 
 
 def test_summary_names_each_row_below_the_bar():
-    row = {"clip": "c", "word": "blue", "status": "present", "auc": 0.99, "recall": 0.95, "lift": 0.2, "tokens": 900,
-           "tokens_free": 990}
+    row = {
+        "clip": "c",
+        "word": "blue",
+        "status": "present",
+        "auc": 0.99,
+        "recall": 0.95,
+        "lift": 0.2,
+        "tokens": 900,
+        "tokens_free": 990,
+    }
     assert ev.summary([row]).endswith("all meet it.")
     low = {**row, "auc": 0.9, "lift": -0.01}
     absent = {**row, "word": "red", "status": "absent", "auc": None, "recall": None, "lift": None, "tokens": 995}
@@ -193,8 +202,24 @@ def test_eval_command_prints_the_colour_table(tmp_path, capsys):
     from arr_coc_stream.cli import main
 
     out = tmp_path / "eval.json"
-    assert main(["eval", "--only", "colour", "--clips", "carphone", "--words", "blue", "--max-frames", "6",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--only",
+                "colour",
+                "--clips",
+                "carphone",
+                "--words",
+                "blue",
+                "--max-frames",
+                "6",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| carphone | blue | present |" in printed and "present words" in printed
     import json

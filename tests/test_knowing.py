@@ -97,8 +97,10 @@ def test_perspectival_saliency_memory_blend() -> None:
         blended = _texture(saliency=(1 - m) * 0.2 + m * 0.9, motion=0.3)
         assert torch.allclose(_persp(tex, memory=m), _persp(blended), atol=1e-6)
     follow = _persp(tex, memory=0.9)
-    assert torch.all((follow - _persp(_texture(saliency=0.9, motion=0.3))).abs()
-                     < (follow - _persp(_texture(saliency=0.2, motion=0.3))).abs())
+    assert torch.all(
+        (follow - _persp(_texture(saliency=0.9, motion=0.3))).abs()
+        < (follow - _persp(_texture(saliency=0.2, motion=0.3))).abs()
+    )
 
 
 def test_perspectival_clamped() -> None:

@@ -24,13 +24,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
-import cv2
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -70,11 +70,11 @@ def numbered_frame(c: int) -> np.ndarray:
     y, x = np.mgrid[0:H, 0:W]
     img = np.stack([x * 255 // W, y * 255 // H, np.full_like(x, 96)], axis=-1).astype(np.uint8)
     px = (c * 4) % (W - 40)
-    img[120:160, px:px + 40] = (230, 20, 20)
+    img[120:160, px : px + 40] = (230, 20, 20)
     bw = W // CODE_COLS
     for b in range(CODE_ROWS * CODE_COLS):
         r, col = divmod(b, CODE_COLS)
-        img[r * CODE_H:(r + 1) * CODE_H, col * bw:(col + 1) * bw] = 255 if (c >> b) & 1 else 0
+        img[r * CODE_H : (r + 1) * CODE_H, col * bw : (col + 1) * bw] = 255 if (c >> b) & 1 else 0
     return img
 
 
@@ -86,7 +86,7 @@ def read_number(rgb: np.ndarray) -> int:
     for b in range(CODE_ROWS * CODE_COLS):
         r, col = divmod(b, CODE_COLS)
         y0, x0 = r * bh, col * bw
-        block = rgb[int(y0 + bh / 4):int(y0 + 3 * bh / 4), int(x0 + bw / 4):int(x0 + 3 * bw / 4)]  # inner half
+        block = rgb[int(y0 + bh / 4) : int(y0 + 3 * bh / 4), int(x0 + bw / 4) : int(x0 + 3 * bw / 4)]  # inner half
         m = float(block.mean())
         if 60 < m < 195:  # neither black nor white: a corrupt or concealed frame
             raise ValueError(f"code block {b} unreadable (mean {m:.0f})")
@@ -134,8 +134,12 @@ def encode_clip(d: Path) -> ClipFiles:
     cc.width, cc.height, cc.pix_fmt = W, H, "yuv420p"
     cc.time_base, cc.framerate = 1 / FPS, FPS
     # sliced threads would split each frame into slices; one slice per frame is what most cameras send
-    cc.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "20", "x264-params":
-                  f"keyint={GOP}:min-keyint={GOP}:scenecut=0:bframes=0:repeat-headers=1:sliced-threads=0:threads=1"}
+    cc.options = {
+        "preset": "veryfast",
+        "tune": "zerolatency",
+        "crf": "20",
+        "x264-params": f"keyint={GOP}:min-keyint={GOP}:scenecut=0:bframes=0:repeat-headers=1:sliced-threads=0:threads=1",
+    }
     frames: list[list[int]] = []
     data = bytearray()
 
@@ -164,18 +168,22 @@ def _gstreamer_missing() -> str | None:
     """Why the loopback RTSP server cannot run here, or None."""
     if not os.path.exists(SYSTEM_PYTHON):
         return f"{SYSTEM_PYTHON} not found (the RTSP server needs the system python with Debian's GStreamer)"
-    probe = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
-             "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
-             "missing = [e for e in ('appsrc', 'rtph264pay', 'rtpbin', 'alawenc', 'rtppcmapay', 'audiotestsrc')"
-             " if Gst.ElementFactory.find(e) is None]; print(' '.join(missing))")
+    probe = (
+        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
+        "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
+        "missing = [e for e in ('appsrc', 'rtph264pay', 'rtpbin', 'alawenc', 'rtppcmapay', 'audiotestsrc')"
+        " if Gst.ElementFactory.find(e) is None]; print(' '.join(missing))"
+    )
     try:
         out = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"cannot run {SYSTEM_PYTHON}: {e}"
     if out.returncode != 0:
-        return ("GStreamer RTSP server bindings missing (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 "
-                f"gstreamer1.0-plugins-base gstreamer1.0-plugins-good; scripts/setup.sh does it as root): "
-                f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        return (
+            "GStreamer RTSP server bindings missing (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 "
+            f"gstreamer1.0-plugins-base gstreamer1.0-plugins-good; scripts/setup.sh does it as root): "
+            f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        )
     if out.stdout.strip():
         return f"GStreamer elements missing: {out.stdout.strip()} (gstreamer1.0-plugins-base / -good)"
     return None
@@ -201,10 +209,26 @@ class RtspServer:
     def start(self) -> None:
         err = (self.folder / "server.err").open("a")
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(SERVER), "--clip", str(self.clip.h264), "--index", str(self.clip.index),
-             "--log", str(self.log), "--port", str(self.port), "--epoch", repr(self.epoch)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,  # stdin: dies with us
-            env={**os.environ, "PYTHONPATH": ""})
+            [
+                SYSTEM_PYTHON,
+                str(SERVER),
+                "--clip",
+                str(self.clip.h264),
+                "--index",
+                str(self.clip.index),
+                "--log",
+                str(self.log),
+                "--port",
+                str(self.port),
+                "--epoch",
+                repr(self.epoch),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,  # stdin: dies with us
+            env={**os.environ, "PYTHONPATH": ""},
+        )
         err.close()
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30.0)
@@ -305,9 +329,11 @@ def test_rtsp_results_and_latency(server: RtspServer, tmp_path: Path) -> None:
     header, saved = acs.read_jsonl(tmp_path / "live.jsonl")
     assert header["source"]["live"] is True and [r.index for r in saved] == [r.index for r in results]
     ms = 1000 * np.array(latency)
-    print(f"\nRTSP publish -> result latency over {len(ms)} frames: median {np.median(ms):.1f} ms, "
-          f"p90 {np.percentile(ms, 90):.1f} ms, max {ms.max():.1f} ms "
-          f"(engine {np.median([r.timings['total'] for r in results[5:]]):.1f} ms/frame)")
+    print(
+        f"\nRTSP publish -> result latency over {len(ms)} frames: median {np.median(ms):.1f} ms, "
+        f"p90 {np.percentile(ms, 90):.1f} ms, max {ms.max():.1f} ms "
+        f"(engine {np.median([r.timings['total'] for r in results[5:]]):.1f} ms/frame)"
+    )
     assert (ms > 0).all()
 
 
@@ -398,8 +424,10 @@ def test_reconnect_after_server_restart(gstreamer: None, clip: ClipFiles, tmp_pa
         before = results[results.index(g) - 1]
         n_before, n_after = tap.seen[before.index][0], tap.seen[g.index][0]
         # frames lost in the gap, estimated from the wall clock and the frame rate, against the frame numbers
-        print(f"\nreconnected after a {g.gap:.2f} s gap: {g.dropped} frames estimated lost, "
-              f"{n_after - n_before - 1} by the frame numbers")
+        print(
+            f"\nreconnected after a {g.gap:.2f} s gap: {g.dropped} frames estimated lost, "
+            f"{n_after - n_before - 1} by the frame numbers"
+        )
         assert abs(g.dropped - (n_after - n_before - 1)) <= 3, (g.dropped, n_before, n_after)
         assert g.index - before.index == g.dropped + 1
         _, saved = acs.read_jsonl(jsonl)  # every result reached the file, the gap included
@@ -438,6 +466,7 @@ def numbered_ts(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def _serve(scheme: str, payload: bytes) -> Iterator[str]:
     """Serve ``payload`` on 127.0.0.1 to every client: an HTTP GET, or the bytes of a plain TCP connection."""
     if scheme == "http":
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 self.send_response(200)
@@ -558,8 +587,14 @@ def test_refused_and_unopenable_sources() -> None:
 
 
 def test_config_errors() -> None:
-    for bad in ({"pacing": "fastest"}, {"open_timeout_s": 0}, {"backoff_s": 2.0, "backoff_max_s": 1.0},
-                {"reconnect_timeout_s": 0}, {"reconnect_timeout_s": -1.0}, {"queue_size": 0}):
+    for bad in (
+        {"pacing": "fastest"},
+        {"open_timeout_s": 0},
+        {"backoff_s": 2.0, "backoff_max_s": 1.0},
+        {"reconnect_timeout_s": 0},
+        {"reconnect_timeout_s": -1.0},
+        {"queue_size": 0},
+    ):
         with pytest.raises(ConfigError):
             LiveConfig(**bad)
     with pytest.raises(ConfigError):
@@ -575,8 +610,12 @@ class _HangsUp(LiveSource):
     def __init__(self) -> None:
         self.opened = 0
         self.info = SourceInfo(uri="hangs-up", width=8, height=8, fps=30.0, frames=None, codec=None, live=True)
-        super().__init__("hangs-up", size=None, keep_full=False,
-                         config=LiveConfig(pacing="every_frame", backoff_s=0.01, reconnect_timeout_s=0.2))
+        super().__init__(
+            "hangs-up",
+            size=None,
+            keep_full=False,
+            config=LiveConfig(pacing="every_frame", backoff_s=0.01, reconnect_timeout_s=0.2),
+        )
 
     def _connect(self) -> int:
         self.opened += 1
@@ -670,8 +709,9 @@ def _headless_env() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])
 def test_demo_help(name: str) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), "--help"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "--max-frames" in out.stdout and "--query" in out.stdout
 
 
@@ -683,9 +723,22 @@ def _frames_in(path: Path) -> int:
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])  # the webcam demo opens the URL through cv2
 @pytest.mark.slow
 def test_demo_headless_frame_limit(server: RtspServer, tmp_path: Path, name: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url(), "--max-frames", "8",
-                           "--jsonl", "out/live.jsonl"], cwd=tmp_path, env=_headless_env(), capture_output=True,
-                          text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / f"{name}.py"),
+            server.url(),
+            "--max-frames",
+            "8",
+            "--jsonl",
+            "out/live.jsonl",
+        ],
+        cwd=tmp_path,
+        env=_headless_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no window" in proc.stdout and "done: frames 8 |" in proc.stdout
     assert "latency" in proc.stdout and "dropped" in proc.stdout and "tokens" in proc.stdout
@@ -696,8 +749,14 @@ def test_demo_headless_frame_limit(server: RtspServer, tmp_path: Path, name: str
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])
 @pytest.mark.slow
 def test_demo_headless_sigint(server: RtspServer, tmp_path: Path, name: str) -> None:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url()], cwd=tmp_path,
-                            env=_headless_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url()],
+        cwd=tmp_path,
+        env=_headless_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -729,8 +788,12 @@ def xvfb() -> Iterator[str]:
     if gui is None or gui.group(1).upper() == "NONE":
         require_live("this OpenCV has no GUI (opencv-python-headless): the window path needs opencv-python")
     r, w = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     try:
         ready, _, _ = select.select([r], [], [], 30.0)
@@ -747,9 +810,14 @@ def xvfb() -> Iterator[str]:
 @pytest.mark.parametrize("name", ["rtsp_demo", "webcam_demo"])
 @pytest.mark.slow
 def test_demo_window_under_xvfb(server: RtspServer, xvfb: str, tmp_path: Path, name: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url(), "--max-frames", "8"],
-                          cwd=tmp_path, env={**_headless_env(), "DISPLAY": xvfb}, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), server.url(), "--max-frames", "8"],
+        cwd=tmp_path,
+        env={**_headless_env(), "DISPLAY": xvfb},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "done: frames 8 |" in proc.stdout and "no window" not in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()  # the frames went to the window, not to a file

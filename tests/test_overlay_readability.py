@@ -6,10 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import skimage.data
+from conftest import hand_result, selection_pixels
 
 import arr_coc_stream as acs
 from arr_coc_stream import viz
-from conftest import hand_result, selection_pixels
 
 LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luma weights of R, G, B
 BAND = slice(64, 400)  # rows clear of the banner (top) and the legend (bottom) on the 480-row frames here
@@ -30,7 +30,7 @@ def test_non_selected_cells_are_at_least_40_percent_darker() -> None:
     selected = selection_pixels(res, 480, 640)
     inner = cv2.erode(selected.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # clear of the cyan outline
     outside = ~cv2.dilate(selected.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    outside[:BAND.start], outside[BAND.stop:] = False, False
+    outside[: BAND.start], outside[BAND.stop :] = False, False
     ratio = _luma_ratio(out, src, outside)
     assert ratio <= 0.60, f"non-selected cells keep {ratio:.2f} of the source's luminance"
     assert _luma_ratio(out, src, inner) >= 0.85  # the selection stays at the source's brightness: the contrast
@@ -41,9 +41,9 @@ def test_a_real_result_dims_what_it_does_not_select() -> None:
     res = acs.run([src], query="red")[0]  # the engine's own relevance and selection on a known frame
     out = viz.draw_overlay(src, res)
     outside = ~cv2.dilate(selection_pixels(res, 480, 640).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    outside[:BAND.start], outside[BAND.stop:] = False, False
+    outside[: BAND.start], outside[BAND.stop :] = False, False
     for x0, y0, x1, y1 in res.windows[res.budgets > 0]:  # window outlines pass through unselected cells
-        outside[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4] = False
+        outside[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = False
     assert outside.sum() > 10_000 and res.valid.sum() > 0
     assert _luma_ratio(out, src, outside) <= 0.60
 
@@ -63,8 +63,7 @@ def test_one_outline_per_budgeted_window_and_none_for_suppressed_ones() -> None:
     # 640x480 on a 15x20 grid: 32 px cells. A and B overlap (IoU 0.14, kept by the suppression), C lies over A and
     # got no budget (suppressed), D and E stand alone: four windows with a budget, so four outlines.
     frame = np.zeros((480, 640, 3), np.uint8)
-    windows = [(32, 96, 160, 224), (96, 160, 224, 288), (64, 96, 192, 224), (320, 96, 448, 224),
-               (480, 224, 608, 352)]
+    windows = [(32, 96, 160, 224), (96, 160, 224, 288), (64, 96, 192, 224), (320, 96, 448, 224), (480, 224, 608, 352)]
     cells = [(4, 2), (6, 4), (4, 3), (4, 11), (8, 16)]
     res = hand_result((15, 20), (480, 640), cells, budgets=[400, 256, 0, 196, 100], windows=windows)
     out = viz.draw_overlay(frame, res)

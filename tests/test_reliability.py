@@ -70,8 +70,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     jsonl, overlay = d / "good.jsonl", d / "good.mp4"
     acs.run(video, "red", jsonl=jsonl, overlay=overlay, k=64)
     whole = _encode(d / "faststart.mp4", n=60, faststart=True).read_bytes()
-    (d / "truncated.mp4").write_bytes(whole[:len(whole) * 6 // 10])  # index up front, the media data cut
-    (d / "no_index.mp4").write_bytes(video.read_bytes()[:video.stat().st_size // 2])  # index at the end, cut
+    (d / "truncated.mp4").write_bytes(whole[: len(whole) * 6 // 10])  # index up front, the media data cut
+    (d / "no_index.mp4").write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # index at the end, cut
     image = GOOD[0]
     with av.open(str(d / "still.png"), "w") as out:  # a real PNG, written by FFmpeg's encoder
         s = out.add_stream("png")
@@ -79,8 +79,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out.mux(s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         out.mux(s.encode())
     (d / "folder").mkdir()
-    return {"video": video, "jsonl": jsonl, "overlay": overlay, "still": d / "still.png",
-            "truncated": d / "truncated.mp4", "no_index": d / "no_index.mp4", "folder": d / "folder", "dir": d}
+    return {
+        "video": video,
+        "jsonl": jsonl,
+        "overlay": overlay,
+        "still": d / "still.png",
+        "truncated": d / "truncated.mp4",
+        "no_index": d / "no_index.mp4",
+        "folder": d / "folder",
+        "dir": d,
+    }
 
 
 def _evil_clip(tiny_clip: Path, folder: Path) -> Path:
@@ -118,8 +126,12 @@ TABLE: list[tuple[str, Callable[[dict[str, Path]], dict[str, Any]], type[Excepti
     ("callback not callable", lambda f: {"callbacks": [3]}, acs.ConfigError, "callbacks[0]"),
     ("jsonl is a folder", lambda f: {"jsonl": f["folder"]}, acs.ConfigError, "folder"),
     ("jsonl is the source", lambda f: {"jsonl": f["video"]}, acs.ConfigError, "is also the source"),
-    ("overlay is the jsonl", lambda f: {"overlay": f["overlay"], "jsonl": f["overlay"]}, acs.ConfigError,
-     "is also the jsonl output"),
+    (
+        "overlay is the jsonl",
+        lambda f: {"overlay": f["overlay"], "jsonl": f["overlay"]},
+        acs.ConfigError,
+        "is also the jsonl output",
+    ),
     ("missing file", lambda f: {"source": f["dir"] / "nope.mp4"}, acs.SourceError, "nope.mp4"),
     ("still image", lambda f: {"source": f["still"]}, acs.SourceError, "still.png' is a still image"),
     ("MP4 cut before its index", lambda f: {"source": f["no_index"]}, acs.SourceError, "no_index.mp4"),
@@ -129,8 +141,13 @@ TABLE: list[tuple[str, Callable[[dict[str, Path]], dict[str, Any]], type[Excepti
 
 
 @pytest.mark.parametrize("name, make, error, text", TABLE, ids=[row[0] for row in TABLE])
-def test_bad_input_table(files: dict[str, Path], name: str, make: Callable[[dict[str, Path]], dict[str, Any]],
-                         error: type[Exception], text: str) -> None:
+def test_bad_input_table(
+    files: dict[str, Path],
+    name: str,
+    make: Callable[[dict[str, Path]], dict[str, Any]],
+    error: type[Exception],
+    text: str,
+) -> None:
     kwargs = {"jsonl": files["jsonl"], "overlay": files["overlay"], **make(files)}
     source = kwargs.pop("source", files["video"])
     query = kwargs.pop("query", "red")
@@ -171,8 +188,9 @@ PROCESS_TABLE: list[tuple[str, dict[str, Any], type[Exception], str]] = [
 
 
 @pytest.mark.parametrize("name, kwargs, error, text", PROCESS_TABLE, ids=[row[0] for row in PROCESS_TABLE])
-def test_rejected_frame_leaves_the_engine_as_it_was(name: str, kwargs: dict[str, Any], error: type[Exception],
-                                                    text: str) -> None:
+def test_rejected_frame_leaves_the_engine_as_it_was(
+    name: str, kwargs: dict[str, Any], error: type[Exception], text: str
+) -> None:
     engine, twin = acs.Engine(k=64), acs.Engine(k=64)
     for e in (engine, twin):
         e.process(GOOD[0], time=0.0)
@@ -282,8 +300,11 @@ def test_whole_file_is_complete_without_a_warning(files: dict[str, Path]) -> Non
         warnings.simplefilter("error", SourceWarning)
         results = acs.run(files["video"], "red", k=64, jsonl=files["dir"] / "whole.jsonl")
     assert len(results) == N_FRAMES and results.complete is True and results.reason is None
-    assert acs.read_jsonl(files["dir"] / "whole.jsonl")[0]["end"] == {"frames": N_FRAMES, "complete": True,
-                                                                      "reason": None}
+    assert acs.read_jsonl(files["dir"] / "whole.jsonl")[0]["end"] == {
+        "frames": N_FRAMES,
+        "complete": True,
+        "reason": None,
+    }
 
 
 def test_error_mid_stream_ends_the_jsonl_with_the_reason(tmp_path: Path) -> None:
@@ -297,25 +318,33 @@ def test_error_mid_stream_ends_the_jsonl_with_the_reason(tmp_path: Path) -> None
 
 def test_missing_plot_extra_is_one_line_naming_it(files: dict[str, Path]) -> None:
     out = files["dir"] / "no-mpl.png"
-    code = ("import sys; sys.modules['matplotlib'] = None\n"  # as if matplotlib were not installed
-            "from arr_coc_stream.cli import main\n"
-            f"sys.exit(main(['run', {str(files['video'])!r}, '--plot', {str(out)!r}, '--jsonl', "
-            f"{str(out.with_suffix('.jsonl'))!r}, '--quiet']))")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"  # as if matplotlib were not installed
+        "from arr_coc_stream.cli import main\n"
+        f"sys.exit(main(['run', {str(files['video'])!r}, '--plot', {str(out)!r}, '--jsonl', "
+        f"{str(out.with_suffix('.jsonl'))!r}, '--quiet']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [("arr-coc-stream: error: the timeline plot (plot=...) needs the "
-                                                 "'plot' extra: pip install 'arr_coc_stream[plot]'")]
+    assert proc.stderr.strip().splitlines() == [
+        (
+            "arr-coc-stream: error: the timeline plot (plot=...) needs the "
+            "'plot' extra: pip install 'arr_coc_stream[plot]'"
+        )
+    ]
     assert not out.exists() and not out.with_suffix(".jsonl").exists()  # refused before any output was opened
 
 
-def test_missing_module_of_an_extra_is_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_module_of_an_extra_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
 
     def needs(module: str) -> Callable[[argparse.Namespace], int]:
         def command(args: argparse.Namespace) -> int:
             __import__(module)
             return 0
+
         return command
 
     monkeypatch.setitem(sys.modules, "scenedetect", None)  # as if PySceneDetect were not installed

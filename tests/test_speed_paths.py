@@ -149,8 +149,10 @@ def test_compiled_graph_compiles_once_and_selects_as_eager() -> None:
         cuts.append((a.cut, b.cut))
         np.testing.assert_allclose(a.relevance, b.relevance, atol=1e-3)  # inductor fuses: float rounding differs
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
-    assert not counters["recompiles"] and not counters["graph_break"], (dict(counters["recompiles"]),
-                                                                         dict(counters["graph_break"]))
+    assert not counters["recompiles"] and not counters["graph_break"], (
+        dict(counters["recompiles"]),
+        dict(counters["graph_break"]),
+    )
     assert selection_agreement(*picked) >= 0.99
     assert [a for a, _ in cuts] == [b for _, b in cuts] and cuts[15][0]
     assert compiled.runner.compile_s is not None and compiled.runner.compile_s > 0
@@ -171,7 +173,9 @@ def test_load_table_compares_quiet_and_loaded_fps_of_one_run() -> None:
     def rows(e2e: list[str], decode: str) -> list[list[str]]:
         return [["fps end to end", *e2e], ["fps decode only (PyAV, resized by the decoder)", decode, decode]]
 
-    header, table = load_table(rows(["60.0", "90.0"], "120.0"), rows(["30.0", "45.0"], "60.0"), ["torch", "onnxruntime"], 2)
+    header, table = load_table(
+        rows(["60.0", "90.0"], "120.0"), rows(["30.0", "45.0"], "60.0"), ["torch", "onnxruntime"], 2
+    )
     assert "2 busy processes" in header[2]
     assert table[0][:4] == ["decode only", "120.0", "60.0", "2.00"]
     assert table[1] == ["torch", "60.0", "30.0", "2.00", "0.50"]

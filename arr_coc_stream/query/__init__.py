@@ -29,8 +29,20 @@ if TYPE_CHECKING:
     from ..config import EngineConfig
 
 __all__ = [
-    "AttributeQuery", "AttributesHead", "ClipHead", "ClipQuery", "Companion", "EncodedQuery", "HEADS",
-    "QueryHead", "QueryScorer", "QueryWarning", "build_head", "head_type", "register_head", "unregister_head",
+    "HEADS",
+    "AttributeQuery",
+    "AttributesHead",
+    "ClipHead",
+    "ClipQuery",
+    "Companion",
+    "EncodedQuery",
+    "QueryHead",
+    "QueryScorer",
+    "QueryWarning",
+    "build_head",
+    "head_type",
+    "register_head",
+    "unregister_head",
 ]
 
 HEADS: dict[str, type[QueryHead]] = {AttributesHead.name: AttributesHead, ClipHead.name: ClipHead}

@@ -43,20 +43,20 @@ from torch import Tensor
 
 from ..channels import CHANNELS, NUM_CHANNELS
 from ..errors import QueryError
-from ..texture import to_grid
 from ..spec import TensorSpec
+from ..texture import to_grid
 from .base import EncodedQuery, QueryHead, QueryScorer, QueryWarning, check_text
 from .colours import COLOUR_BINS, COLOUR_LEVELS, colour_term, membership
 
 # Weights of the attribute encoder; read at encode time, so the engine may tune them.
-TEXT_WEIGHT = 6.0             # on `text`
-STROKE_WEIGHT = 1.0           # on `stroke`, with every text word
-MOTION_WEIGHT = 4.0           # on `motion`
-POSITION_WEIGHT = 3.0         # on `pos_x` / `pos_y`
+TEXT_WEIGHT = 6.0  # on `text`
+STROKE_WEIGHT = 1.0  # on `stroke`, with every text word
+MOTION_WEIGHT = 4.0  # on `motion`
+POSITION_WEIGHT = 3.0  # on `pos_x` / `pos_y`
 # A cell at least this share covered by the colour is a full colour match (a cell mostly the colour is the
 # colour; below that the share keeps cells in order): the match is min(1, share / COLOUR_FULL_SHARE).
 COLOUR_FULL_SHARE = 0.75
-CENTRE_WEIGHT = 3.0           # on `eccentricity` (target 0) for centre/center/middle alone
+CENTRE_WEIGHT = 3.0  # on `eccentricity` (target 0) for centre/center/middle alone
 _INPUTS = ("query_weights", "query_targets", "query_colour")
 
 
@@ -71,8 +71,9 @@ class AttributeQuery(EncodedQuery):
         for name, shape in shapes.items():
             value = self.tensors.get(name)
             if value is None or value.shape != shape:
-                raise QueryError(f"AttributeQuery.{name} must have shape {shape}, got "
-                                 f"{None if value is None else value.shape}")
+                raise QueryError(
+                    f"AttributeQuery.{name} must have shape {shape}, got {None if value is None else value.shape}"
+                )
         if np.any(self.weights < 0):
             raise QueryError(f"AttributeQuery.query_weights must be >= 0, got min {float(self.weights.min())}")
         if np.any((self.colour < 0) | (self.colour > 1)):
@@ -91,8 +92,15 @@ class AttributeQuery(EncodedQuery):
         return self.tensors["query_colour"]
 
     @classmethod
-    def make(cls, text: str | None, weights: np.ndarray, targets: np.ndarray, colour: np.ndarray | None = None,
-             terms: tuple[str, ...] = (), ignored: tuple[str, ...] = ()) -> AttributeQuery:
+    def make(
+        cls,
+        text: str | None,
+        weights: np.ndarray,
+        targets: np.ndarray,
+        colour: np.ndarray | None = None,
+        terms: tuple[str, ...] = (),
+        ignored: tuple[str, ...] = (),
+    ) -> AttributeQuery:
         colour = np.zeros(COLOUR_BINS, dtype=np.float32) if colour is None else colour
         return cls(text, {"query_weights": weights, "query_targets": targets, "query_colour": colour}, terms, ignored)
 
@@ -148,34 +156,44 @@ def has_query(query_weights: Tensor, query_colour: Tensor) -> Tensor:
 class AttributeScorer(QueryScorer):
     """The attributes head in the graph: :func:`colour_match` times :func:`gaussian_match`."""
 
-    def forward(self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         colour = inputs["query_colour"]
         on = has_colour(colour)[:, None, None]
         cell_px = rgb.shape[-1] // tex.shape[-1]
         share = torch.clamp(colour_match(rgb, colour, cell_px) / COLOUR_FULL_SHARE, 0.0, 1.0)
-        match = (on * share + (1.0 - on)) \
-            * gaussian_match(tex, inputs["query_weights"], inputs["query_targets"])
+        match = (on * share + (1.0 - on)) * gaussian_match(tex, inputs["query_weights"], inputs["query_targets"])
         return match, has_query(inputs["query_weights"], colour)
 
 
 # ---------------------------------------------------------------------------------------------- words
-_TEXT_WORDS = frozenset("""
+_TEXT_WORDS = frozenset(
+    """
     text texts sign signs signage plate plates number numbers formula formulas formulae writing written word
     words letter letters caption captions subtitle subtitles label labels page pages document documents
     handwriting handwritten
-""".split())
-_TEXT_PHRASES = frozenset({"licence plate", "license plate", "number plate", "licence plates", "license plates",
-                           "number plates"})
-_MOTION_WORDS = frozenset("""
+""".split()
+)
+_TEXT_PHRASES = frozenset(
+    {"licence plate", "license plate", "number plate", "licence plates", "license plates", "number plates"}
+)
+_MOTION_WORDS = frozenset(
+    """
     moving move moves moved running runs walking walks driving drives flying flies motion fast rolling rolls
-""".split())
+""".split()
+)
 _POSITION_WORDS = {  # word -> (channel, target)
-    "left": ("pos_x", 0.0), "right": ("pos_x", 1.0),
-    "top": ("pos_y", 0.0), "upper": ("pos_y", 0.0), "bottom": ("pos_y", 1.0), "lower": ("pos_y", 1.0),
+    "left": ("pos_x", 0.0),
+    "right": ("pos_x", 1.0),
+    "top": ("pos_y", 0.0),
+    "upper": ("pos_y", 0.0),
+    "bottom": ("pos_y", 1.0),
+    "lower": ("pos_y", 1.0),
 }
 _CENTRE_WORDS = frozenset({"centre", "center", "middle", "central"})
-_STOP_WORDS = frozenset("""
+_STOP_WORDS = frozenset(
+    """
     a an the this that these those there here it its is are was were be been being am do does did
     where wheres whats theres what which who whom whose when how why
     of in on at by for from to into onto over under near next with without within and or but as than
@@ -183,7 +201,8 @@ _STOP_WORDS = frozenset("""
     my your our their his her i you we they please can could would should will just only also
     part parts region regions area areas side sides corner corners thing things something stuff
     color colour colors colours colored coloured one ones s
-""".split())
+""".split()
+)
 _MAX_PHRASE = 4  # "light golden rod yellow" -> lightgoldenrodyellow
 
 
@@ -206,10 +225,16 @@ class AttributesHead(QueryHead):
     name = "attributes"
 
     def query_inputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("query_weights", (NUM_CHANNELS,), "float32", "Gaussian weight per channel, >= 0"),
-                TensorSpec("query_targets", (NUM_CHANNELS,), "float32", "Gaussian centre per channel"),
-                TensorSpec("query_colour", (COLOUR_BINS,), "float32",
-                           "membership of each quantised RGB colour in the query's colours, in [0, 1]; zeros: none"))
+        return (
+            TensorSpec("query_weights", (NUM_CHANNELS,), "float32", "Gaussian weight per channel, >= 0"),
+            TensorSpec("query_targets", (NUM_CHANNELS,), "float32", "Gaussian centre per channel"),
+            TensorSpec(
+                "query_colour",
+                (COLOUR_BINS,),
+                "float32",
+                "membership of each quantised RGB colour in the query's colours, in [0, 1]; zeros: none",
+            ),
+        )
 
     def scorer(self) -> AttributeScorer:
         return AttributeScorer()
@@ -269,16 +294,24 @@ class AttributesHead(QueryHead):
         terms = tuple(sorted(used, key=used.__getitem__))
         ignored = tuple(sorted(unused, key=unused.__getitem__))
         if not terms:
-            warnings.warn(QueryWarning(
-                f"query {query!r} has no word the attributes head understands (colours, text, motion, position); "
-                f"relevance is query-free. For objects ({', '.join(ignored) or 'none named'}) use "
-                f"query_encoder='clip'"), stacklevel=2)
+            warnings.warn(
+                QueryWarning(
+                    f"query {query!r} has no word the attributes head understands (colours, text, motion, position); "
+                    f"relevance is query-free. For objects ({', '.join(ignored) or 'none named'}) use "
+                    f"query_encoder='clip'"
+                ),
+                stacklevel=2,
+            )
             return AttributeQuery.query_free(query, ignored)
         if ignored:
-            warnings.warn(QueryWarning(
-                f"query {query!r}: ignored {', '.join(repr(w) for w in ignored)}, using "
-                f"{', '.join(repr(t) for t in terms)}; the attributes head knows colours, text, motion and position "
-                f"words only: for objects use query_encoder='clip'"), stacklevel=2)
+            warnings.warn(
+                QueryWarning(
+                    f"query {query!r}: ignored {', '.join(repr(w) for w in ignored)}, using "
+                    f"{', '.join(repr(t) for t in terms)}; the attributes head knows colours, text, motion and position "
+                    f"words only: for objects use query_encoder='clip'"
+                ),
+                stacklevel=2,
+            )
         return AttributeQuery.make(query, weights, targets, colour if colour.any() else None, terms, ignored)
 
 
@@ -292,7 +325,7 @@ def _scan(tokens: list[str]):
     i = 0
     while i < len(tokens):
         for n in range(min(_MAX_PHRASE, len(tokens) - i), 0, -1):
-            words = tokens[i:i + n]
+            words = tokens[i : i + n]
             phrase = " ".join(words)
             term = colour_term(words)
             if term is not None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -118,8 +118,9 @@ class QueryScorer(nn.Module):
         return None
 
     @abstractmethod
-    def forward(self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         """The match of every cell with the query.
 
         Args:
@@ -130,8 +131,9 @@ class QueryScorer(nn.Module):
             match [B, gh, gw] in [0, 1]; query_on [B], 1.0 where the stream has a query, else 0.0.
         """
 
-    def next_state(self, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor], dt: Tensor,
-                   motion: Tensor) -> dict[str, Tensor]:
+    def next_state(
+        self, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor], dt: Tensor, motion: Tensor
+    ) -> dict[str, Tensor]:
         """The head's states after this frame, by state name.
 
         Args:
@@ -180,9 +182,17 @@ class QueryHead(ABC):
         """Graphs run beside the per-frame graph, by name."""
         return {}
 
-    def before_frame(self, frame: np.ndarray, state: Mapping[str, Tensor], *, reset: bool, first: bool,
-                     dt: float, companions: Mapping[str, Runner], timings: dict[str, float]
-                     ) -> tuple[dict[str, Tensor], str | None]:
+    def before_frame(
+        self,
+        frame: np.ndarray,
+        state: Mapping[str, Tensor],
+        *,
+        reset: bool,
+        first: bool,
+        dt: float,
+        companions: Mapping[str, Runner],
+        timings: dict[str, float],
+    ) -> tuple[dict[str, Tensor], str | None]:
         """The keyframe policy before the graph runs: the :meth:`frame_inputs` tensors for this frame.
 
         Args:
@@ -195,8 +205,9 @@ class QueryHead(ABC):
         """
         return {}, None
 
-    def after_cut(self, frame: np.ndarray, keyframe: str | None, companions: Mapping[str, Runner],
-                  timings: dict[str, float]) -> tuple[dict[str, Tensor] | None, str | None]:
+    def after_cut(
+        self, frame: np.ndarray, keyframe: str | None, companions: Mapping[str, Runner], timings: dict[str, float]
+    ) -> tuple[dict[str, Tensor] | None, str | None]:
         """The keyframe policy when the graph reports a cut: inputs to run the frame again with (its state
         inputs unchanged), or None to keep the result; and the keyframe reason to report."""
         return None, keyframe
@@ -215,8 +226,9 @@ class QueryHead(ABC):
                 value = q.tensors.get(spec.name)
                 if value is None or value.shape != spec.shape:
                     got = "nothing" if value is None else f"shape {value.shape}"
-                    raise QueryError(f"query {i} has {got} for {spec.name}, expected shape {spec.shape} "
-                                     f"for the {self.name!r} head")
+                    raise QueryError(
+                        f"query {i} has {got} for {spec.name}, expected shape {spec.shape} for the {self.name!r} head"
+                    )
                 rows.append(value)
             out[spec.name] = torch.from_numpy(np.stack(rows)).to(spec.torch_dtype)
         return out
@@ -233,7 +245,7 @@ class QueryHead(ABC):
         """The head's constants, recorded in every model file (JSON-ready)."""
         return {}
 
-    def check_metadata(self, meta: Mapping[str, Any], source: str | os.PathLike[str]) -> None:
+    def check_metadata(self, meta: Mapping[str, Any], source: str | os.PathLike[str]) -> None:  # noqa: B027 (optional)
         """Refuse a model file made with other constants (:class:`~arr_coc_stream.errors.ModelError`)."""
 
     def header(self) -> dict[str, Any]:
@@ -247,7 +259,8 @@ def check_text(query: object) -> bool:
     if not isinstance(query, str):
         raise QueryError(f"query must be a str or None, got {type(query).__name__}")
     if not query.strip():
-        warnings.warn(QueryWarning(f"empty query {query!r}: relevance is query-free (pass None to say so)"),
-                      stacklevel=3)
+        warnings.warn(
+            QueryWarning(f"empty query {query!r}: relevance is query-free (pass None to say so)"), stacklevel=3
+        )
         return False
     return True

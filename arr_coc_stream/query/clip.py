@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -110,17 +110,22 @@ class ClipScorer(QueryScorer):
     def channels(self, prepared: Mapping[str, Tensor]) -> Tensor:
         return torch.einsum("kd,bdhw->bkhw", self.basis, prepared["features"])  # [B, 16, gh, gw]
 
-    def forward(self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tex: Tensor, rgb: Tensor, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         text_emb = inputs["text_emb"]
         return clip_match(prepared["features"], text_emb, self.neutral, self.logit_scale), has_text(text_emb)
 
-    def next_state(self, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor], dt: Tensor,
-                   motion: Tensor) -> dict[str, Tensor]:
+    def next_state(
+        self, inputs: Mapping[str, Tensor], prepared: Mapping[str, Tensor], dt: Tensor, motion: Tensor
+    ) -> dict[str, Tensor]:
         key, age, moved = inputs["clip_key"], inputs["clip_age_in"], inputs["clip_motion_in"]
         zero = torch.zeros_like(age)
-        return {"clip": prepared["features"], "clip_age": torch.where(key, zero, age + dt),
-                "clip_motion": torch.where(key, zero, moved + motion)}
+        return {
+            "clip": prepared["features"],
+            "clip_age": torch.where(key, zero, age + dt),
+            "clip_motion": torch.where(key, zero, moved + motion),
+        }
 
 
 class ClipHead(QueryHead):
@@ -142,7 +147,7 @@ class ClipHead(QueryHead):
     """
 
     name = "clip"
-    requires = {"clip_model": "a local CLIP folder or a hub id"}
+    requires: ClassVar[dict[str, str]] = {"clip_model": "a local CLIP folder or a hub id"}
 
     def __init__(self, config: EngineConfig, model: ClipModel | None = None) -> None:
         super().__init__(config)
@@ -161,35 +166,57 @@ class ClipHead(QueryHead):
         return (TensorSpec("text_emb", (self.model.dim,), "float32", "unit CLIP text embedding; zeros: no query"),)
 
     def frame_inputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec("clip_feat", (self.model.dim, *self.config.grid), "float32",
-                           "this frame's dense CLIP features, unit along D; read only where clip_key is set"),
-                TensorSpec("clip_key", (), "bool", "this frame is a keyframe: clip_feat holds its features"))
+        return (
+            TensorSpec(
+                "clip_feat",
+                (self.model.dim, *self.config.grid),
+                "float32",
+                "this frame's dense CLIP features, unit along D; read only where clip_key is set",
+            ),
+            TensorSpec("clip_key", (), "bool", "this frame is a keyframe: clip_feat holds its features"),
+        )
 
     def states(self) -> tuple[StateSpec, ...]:
-        return (StateSpec("clip", (self.model.dim, *self.config.grid), "float32",
-                          "the cached dense features, warped to each frame"),
-                StateSpec("clip_age", (), "float32", "seconds since the keyframe"),
-                StateSpec("clip_motion", (), "float32", "mean motion accumulated since the keyframe"))
+        return (
+            StateSpec(
+                "clip",
+                (self.model.dim, *self.config.grid),
+                "float32",
+                "the cached dense features, warped to each frame",
+            ),
+            StateSpec("clip_age", (), "float32", "seconds since the keyframe"),
+            StateSpec("clip_motion", (), "float32", "mean motion accumulated since the keyframe"),
+        )
 
     def scorer(self) -> ClipScorer:
         return ClipScorer(self.model.text)
 
     def companions(self) -> dict[str, Companion]:
         h, w = self.keyframe_size
-        spec = GraphSpec(inputs=(TensorSpec("image", (h, w, 3), "uint8", "keyframe, RGB"),),
-                         outputs=self.frame_inputs()[:1])
+        spec = GraphSpec(
+            inputs=(TensorSpec("image", (h, w, 3), "uint8", "keyframe, RGB"),), outputs=self.frame_inputs()[:1]
+        )
         return {"clip": Companion(self.model.dense(self.config.grid, self.config.clip_size), spec)}
 
-    def before_frame(self, frame: np.ndarray, state: Mapping[str, Tensor], *, reset: bool, first: bool,
-                     dt: float, companions: Mapping[str, Runner], timings: dict[str, float]
-                     ) -> tuple[dict[str, Tensor], str | None]:
+    def before_frame(
+        self,
+        frame: np.ndarray,
+        state: Mapping[str, Tensor],
+        *,
+        reset: bool,
+        first: bool,
+        dt: float,
+        companions: Mapping[str, Runner],
+        timings: dict[str, float],
+    ) -> tuple[dict[str, Tensor], str | None]:
         why = self._due(state, reset, first, dt)
         if why is None:
             return self._no_features(state["clip_age"].device), None
         return self._features(frame, companions, timings), why
 
-    def after_cut(self, frame: np.ndarray, keyframe: str | None, companions: Mapping[str, Runner],
-                  timings: dict[str, float]) -> tuple[dict[str, Tensor] | None, str | None]:
+    def after_cut(
+        self, frame: np.ndarray, keyframe: str | None, companions: Mapping[str, Runner], timings: dict[str, float]
+    ) -> tuple[dict[str, Tensor] | None, str | None]:
         if keyframe is None:  # score the shot's first frame with its own features
             return self._features(frame, companions, timings), "cut"
         return None, "cut"
@@ -209,17 +236,23 @@ class ClipHead(QueryHead):
         """clip_feat and clip_key between keyframes: zeros the graph does not read, made once per device (a
         [1, D, gh, gw] tensor is 2 MB at D = 512, too much to allocate, or copy to a GPU, on every frame)."""
         if device not in self._idle:
-            self._idle[device] = {"clip_feat": torch.zeros((1, self.model.dim, *self.config.grid), device=device),
-                                  "clip_key": torch.tensor([False], device=device)}
+            self._idle[device] = {
+                "clip_feat": torch.zeros((1, self.model.dim, *self.config.grid), device=device),
+                "clip_key": torch.tensor([False], device=device),
+            }
         return self._idle[device]
 
-    def _features(self, frame: np.ndarray, companions: Mapping[str, Runner], timings: dict[str, float]
-                  ) -> dict[str, Tensor]:
+    def _features(
+        self, frame: np.ndarray, companions: Mapping[str, Runner], timings: dict[str, float]
+    ) -> dict[str, Tensor]:
         """clip_feat and clip_key of a keyframe: the companion graph's features of ``frame``."""
         t0 = time.perf_counter()
         h, w = self.keyframe_size
-        image = frame if frame.shape[:2] == (h, w) else cv2.resize(
-            frame, (w, h), interpolation=cv2.INTER_AREA if frame.shape[0] >= h else cv2.INTER_LINEAR)
+        image = (
+            frame
+            if frame.shape[:2] == (h, w)
+            else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if frame.shape[0] >= h else cv2.INTER_LINEAR)
+        )
         feat = companions["clip"]({"image": torch.from_numpy(np.ascontiguousarray(image))[None]})["clip_feat"]
         self.keyframes += 1
         timings["clip"] = timings.get("clip", 0.0) + 1000.0 * (time.perf_counter() - t0)
@@ -236,10 +269,18 @@ class ClipHead(QueryHead):
 
     def check_metadata(self, meta: Mapping[str, Any], source: str | os.PathLike[str]) -> None:
         if not self.model.text.matches(meta):
-            raise ModelError(f"{source} was exported with another CLIP model ({meta.get('model')}, basis "
-                             f"{meta.get('digest')}) than {self.model.name} (basis {self.model.text.digest()}); "
-                             "re-export it with this model")
+            raise ModelError(
+                f"{source} was exported with another CLIP model ({meta.get('model')}, basis "
+                f"{meta.get('digest')}) than {self.model.name} (basis {self.model.text.digest()}); "
+                "re-export it with this model"
+            )
 
     def header(self) -> dict[str, Any]:
-        return {"clip": {"model": self.model.name, "dim": self.model.dim, "basis_digest": self.model.text.digest(),
-                         "input_size": list(self.keyframe_size)}}
+        return {
+            "clip": {
+                "model": self.model.name,
+                "dim": self.model.dim,
+                "basis_digest": self.model.text.digest(),
+                "input_size": list(self.keyframe_size),
+            }
+        }

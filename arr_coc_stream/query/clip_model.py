@@ -85,9 +85,13 @@ class ClipText:
 
     def metadata(self) -> dict[str, Any]:
         """JSON-ready record of the constants, stored with every exported CLIP graph."""
-        return {"dim": self.dim, "logit_scale": round(self.logit_scale, 6),
-                "basis": np.round(self.basis.numpy().astype(np.float64), 7).tolist(),
-                "neutral_prompts": list(vocabulary()["neutral"]), "digest": self.digest()}
+        return {
+            "dim": self.dim,
+            "logit_scale": round(self.logit_scale, 6),
+            "basis": np.round(self.basis.numpy().astype(np.float64), 7).tolist(),
+            "neutral_prompts": list(vocabulary()["neutral"]),
+            "digest": self.digest(),
+        }
 
     def digest(self) -> str:
         """Short hash of the basis and neutral embeddings (rounded to 1e-4, so it survives float noise)."""
@@ -114,19 +118,23 @@ class ClipModel:
         text: the per-model constants of the per-frame graph.
     """
 
-    def __init__(self, name: str, model: nn.Module, tokenizer: Any, image_mean: tuple[float, ...],
-                 image_std: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, model: nn.Module, tokenizer: Any, image_mean: tuple[float, ...], image_std: tuple[float, ...]
+    ) -> None:
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.dim = int(model.config.projection_dim)
         self.patch_size = int(model.config.vision_config.patch_size)
-        self.max_text_tokens = min(int(model.config.text_config.max_position_embeddings),
-                                   int(getattr(tokenizer, "model_max_length", 77) or 77))
+        self.max_text_tokens = min(
+            int(model.config.text_config.max_position_embeddings), int(getattr(tokenizer, "model_max_length", 77) or 77)
+        )
         if self.dim < BASIS_SIZE:
-            raise ModelError(f"clip_model {name}: projection_dim {self.dim} is below the {BASIS_SIZE} basis "
-                             "directions of channels clip_0..clip_15")
+            raise ModelError(
+                f"clip_model {name}: projection_dim {self.dim} is below the {BASIS_SIZE} basis "
+                "directions of channels clip_0..clip_15"
+            )
         self.text = self._text_constants()
 
     @torch.inference_mode()
@@ -136,8 +144,9 @@ class ClipModel:
         Returns:
             [N, D] float32 on the CPU, each row of norm 1.
         """
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_tokens,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+        )
         out = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         emb = out if isinstance(out, Tensor) else out.pooler_output  # transformers >= 5 returns an output object
         return F.normalize(emb.float(), dim=-1)
@@ -145,13 +154,18 @@ class ClipModel:
     def input_size(self, grid: tuple[int, int], clip_size: int) -> tuple[int, int]:
         """(H, W) of the keyframe input: short side about ``clip_size``, the grid's aspect, patch multiples."""
         short = min(grid)
-        return tuple(max(1, round(clip_size * g / short / self.patch_size)) * self.patch_size
-                     for g in grid)  # type: ignore[return-value]
+        return tuple(max(1, round(clip_size * g / short / self.patch_size)) * self.patch_size for g in grid)  # type: ignore[return-value]
 
     def dense(self, grid: tuple[int, int], clip_size: int) -> DenseClip:
         """The keyframe module for a cell grid, its position embeddings interpolated for the input size."""
-        return DenseClip(self.model.vision_model, self.model.visual_projection, self.image_mean, self.image_std,
-                         self.input_size(grid, clip_size), grid)
+        return DenseClip(
+            self.model.vision_model,
+            self.model.visual_projection,
+            self.image_mean,
+            self.image_std,
+            self.input_size(grid, clip_size),
+            grid,
+        )
 
     def _text_constants(self) -> ClipText:
         vocab = vocabulary()
@@ -179,8 +193,9 @@ def load_clip(name: str | os.PathLike[str]) -> ClipModel:
     try:
         import transformers
     except ImportError as exc:
-        raise ConfigError("query_encoder='clip' needs the transformers package: "
-                          "pip install 'arr_coc_stream[clip]'") from exc
+        raise ConfigError(
+            "query_encoder='clip' needs the transformers package: pip install 'arr_coc_stream[clip]'"
+        ) from exc
     text = os.fspath(name)
     path = Path(text).expanduser()
     if path.exists():
@@ -205,18 +220,25 @@ def load_clip(name: str | os.PathLike[str]) -> ClipModel:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         processor = transformers.AutoImageProcessor.from_pretrained(source)
     except pickle.UnpicklingError as exc:
-        raise ModelError(f"clip_model {text}: the weights file is a pickle that does more than hold tensors; it was "
-                         "refused, not run (save the model with safetensors)") from exc
+        raise ModelError(
+            f"clip_model {text}: the weights file is a pickle that does more than hold tensors; it was "
+            "refused, not run (save the model with safetensors)"
+        ) from exc
     except (OSError, ValueError) as exc:
-        raise ModelError(f"clip_model {text}: cannot load the model, its tokenizer or its image processor: "
-                         f"{exc}") from exc
+        raise ModelError(
+            f"clip_model {text}: cannot load the model, its tokenizer or its image processor: {exc}"
+        ) from exc
     return ClipModel(text, model, tokenizer, processor.image_mean, processor.image_std)
 
 
 def _looks_like_path(text: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else that does not exist is a missing path."""
-    return (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
-            or text.endswith((".bin", ".safetensors", ".json", ".pt")))
+    return (
+        text.startswith((".", "/", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or text.endswith((".bin", ".safetensors", ".json", ".pt"))
+    )
 
 
 class DenseClip(nn.Module):
@@ -233,8 +255,15 @@ class DenseClip(nn.Module):
         image [B, H, W, 3] uint8 RGB -> clip_feat [B, D, gh, gw] float32, unit vectors along D.
     """
 
-    def __init__(self, vision: nn.Module, projection: nn.Module, image_mean: tuple[float, ...],
-                 image_std: tuple[float, ...], input_size: tuple[int, int], grid: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        vision: nn.Module,
+        projection: nn.Module,
+        image_mean: tuple[float, ...],
+        image_std: tuple[float, ...],
+        input_size: tuple[int, int],
+        grid: tuple[int, int],
+    ) -> None:
         super().__init__()
         emb = vision.embeddings
         self.patch_embedding = emb.patch_embedding
@@ -242,8 +271,9 @@ class DenseClip(nn.Module):
         self.patch_size = int(emb.patch_size)
         self.input_size, self.grid = tuple(input_size), tuple(grid)
         self.patches = (self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size)
-        self.register_buffer("positions", interpolate_positions(emb.position_embedding.weight.detach(),
-                                                                self.patches), persistent=False)
+        self.register_buffer(
+            "positions", interpolate_positions(emb.position_embedding.weight.detach(), self.patches), persistent=False
+        )
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.pre_layernorm = vision.pre_layrnorm
@@ -315,19 +345,36 @@ def interpolate_positions(weight: Tensor, patches: tuple[int, int]) -> Tensor:
 # Sizes of the random models :func:`save_random_clip` writes: "tiny" for tests, "vit-b/32" has the shapes of
 # OpenAI's ViT-B/32 (vision 768 x 12 layers, patch 32; text 512 x 12 layers; joint space 512) for benchmarks.
 RANDOM_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-             "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            image_size=32, patch_size=16),
-             "projection_dim": 24},
-    "vit-b/32": {"text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-                 "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                num_attention_heads=12, image_size=224, patch_size=32),
-                 "projection_dim": 512},
+    "tiny": {
+        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        "vision": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
+        "projection_dim": 24,
+    },
+    "vit-b/32": {
+        "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        "vision": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        ),
+        "projection_dim": 512,
+    },
 }
 
 
-def save_random_clip(path: str | os.PathLike[str], size: str = "tiny", *, seed: int = 0,
-                     vision: dict[str, Any] | None = None) -> Path:
+def save_random_clip(
+    path: str | os.PathLike[str], size: str = "tiny", *, seed: int = 0, vision: dict[str, Any] | None = None
+) -> Path:
     """Write a randomly initialised CLIP, a character-level tokenizer and an image processor to ``path``.
 
     Loaded with :func:`load_clip` (the ``from_pretrained`` path users take), it exercises every step with real
@@ -361,17 +408,26 @@ def save_random_clip(path: str | os.PathLike[str], size: str = "tiny", *, seed: 
     spec = RANDOM_SIZES[size]
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     config = CLIPConfig(
-        text_config=dict(spec["text"], vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=bos,
-                         eos_token_id=eos, pad_token_id=eos),
-        vision_config={**spec["vision"], **(vision or {})}, projection_dim=spec["projection_dim"],
-        logit_scale_init_value=math.log(100.0))
+        text_config=dict(
+            spec["text"],
+            vocab_size=len(vocab),
+            max_position_embeddings=77,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config={**spec["vision"], **(vision or {})},
+        projection_dim=spec["projection_dim"],
+        logit_scale_init_value=math.log(100.0),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()
     side = config.vision_config.image_size
-    processor = CLIPProcessor(image_processor=image_processor(size={"shortest_edge": side},
-                                                                 crop_size={"height": side, "width": side}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=image_processor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=tokenizer,
+    )
     processor.save_pretrained(out)
     model.save_pretrained(out)
     return out

@@ -38,21 +38,37 @@ import numpy as np
 
 from ..errors import QueryError
 
-COLOUR_LEVELS = 32                 # quantisation per RGB channel: a bin is 8 of 255 levels wide
-COLOUR_BINS = COLOUR_LEVELS ** 3   # length of the query_colour input
-SIGMA = 5.0                        # Delta E of the naming kernel: sharp enough that a colour's nearest names decide
+COLOUR_LEVELS = 32  # quantisation per RGB channel: a bin is 8 of 255 levels wide
+COLOUR_BINS = COLOUR_LEVELS**3  # length of the query_colour input
+SIGMA = 5.0  # Delta E of the naming kernel: sharp enough that a colour's nearest names decide
 BASIC = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "white", "grey", "black")
 ACHROMATIC = ("white", "grey", "black")
 SYNONYMS = {
-    "gray": "grey", "reddish": "red", "orangish": "orange", "orangeish": "orange", "orangey": "orange",
-    "yellowish": "yellow", "greenish": "green", "bluish": "blue", "blueish": "blue", "purplish": "purple",
-    "purpleish": "purple", "purpley": "purple", "purply": "purple", "pinkish": "pink", "pinky": "pink",
-    "brownish": "brown", "greyish": "grey", "grayish": "grey", "whitish": "white", "blackish": "black",
+    "gray": "grey",
+    "reddish": "red",
+    "orangish": "orange",
+    "orangeish": "orange",
+    "orangey": "orange",
+    "yellowish": "yellow",
+    "greenish": "green",
+    "bluish": "blue",
+    "blueish": "blue",
+    "purplish": "purple",
+    "purpleish": "purple",
+    "purpley": "purple",
+    "purply": "purple",
+    "pinkish": "pink",
+    "pinky": "pink",
+    "brownish": "brown",
+    "greyish": "grey",
+    "grayish": "grey",
+    "whitish": "white",
+    "blackish": "black",
 }
 
-_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                         [0.2126729, 0.7151522, 0.0721750],
-                         [0.0193339, 0.1191920, 0.9503041]])
+_SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
 _WHITE_D65 = _SRGB_TO_XYZ.sum(axis=1)  # (0.95047, 1.0, 1.08883): sRGB white maps to exactly a* = b* = 0
 
 
@@ -68,7 +84,7 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     xyz = linear @ _SRGB_TO_XYZ.T / _WHITE_D65  # [..., 3], white -> (1, 1, 1)
     delta = 6.0 / 29.0
-    f = np.where(xyz > delta ** 3, np.cbrt(xyz), xyz / (3 * delta ** 2) + 4.0 / 29.0)
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4.0 / 29.0)
     L = 116.0 * f[..., 1] - 16.0
     a = 500.0 * (f[..., 0] - f[..., 1])
     b = 200.0 * (f[..., 1] - f[..., 2])
@@ -131,7 +147,7 @@ def _split(joined: str, heads: list[str]) -> tuple[str, str]:
     """(modifiers, family) of a name written joined: the family is the longest known family word it ends with
     ("lightskyblue" -> ("lightsky", "blue")), or the whole name."""
     tail = next((h for h in heads if joined.endswith(h)), joined)
-    return joined[:len(joined) - len(tail)], SYNONYMS.get(tail, tail)
+    return joined[: len(joined) - len(tail)], SYNONYMS.get(tail, tail)
 
 
 @lru_cache(maxsize=1)
@@ -261,13 +277,13 @@ def _voters(basic: bool) -> np.ndarray:
 def _vote(lab: np.ndarray, refs: np.ndarray) -> np.ndarray:
     """Sum over ``refs [M, 3]`` of the naming kernel at each of ``lab [N, 3]`` -> [N] float64."""
     out = np.zeros(len(lab), dtype=np.float64)
-    sq = (lab ** 2).sum(-1)[:, None]
+    sq = (lab**2).sum(-1)[:, None]
     for start in range(0, len(refs), 128):  # [N, 128] float32 blocks: ~16 MB
-        block = refs[start:start + 128]
-        d2 = sq - 2.0 * lab @ block.T + (block ** 2).sum(-1)[None, :]
-        out += np.exp(d2 * np.float32(-0.5 / SIGMA ** 2)).sum(-1)
+        block = refs[start : start + 128]
+        d2 = sq - 2.0 * lab @ block.T + (block**2).sum(-1)[None, :]
+        out += np.exp(d2 * np.float32(-0.5 / SIGMA**2)).sum(-1)
     return out
 
 
 def _hex_to_rgb(hex_code: str) -> np.ndarray:
-    return np.array([int(hex_code[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64) / 255.0
+    return np.array([int(hex_code[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64) / 255.0

@@ -46,9 +46,27 @@ from .live import LiveConfig, LiveSource
 from .network import LOW_LATENCY_OPTIONS, TRANSPORTS, StreamSource, redact
 
 __all__ = [
-    "DEFAULT_FPS", "LIVE_SCHEMES", "LOW_LATENCY_OPTIONS", "PACINGS", "TRANSPORTS", "CameraSource", "Frame",
-    "Handoff", "IterableSource", "LiveConfig", "LiveSource", "Pacing", "Source", "SourceInfo", "StreamSource",
-    "ThreadedSource", "VideoFileSource", "av_frame_to_rgb", "open_live", "open_source", "probe_decode_fps",
+    "DEFAULT_FPS",
+    "LIVE_SCHEMES",
+    "LOW_LATENCY_OPTIONS",
+    "PACINGS",
+    "TRANSPORTS",
+    "CameraSource",
+    "Frame",
+    "Handoff",
+    "IterableSource",
+    "LiveConfig",
+    "LiveSource",
+    "Pacing",
+    "Source",
+    "SourceInfo",
+    "StreamSource",
+    "ThreadedSource",
+    "VideoFileSource",
+    "av_frame_to_rgb",
+    "open_live",
+    "open_source",
+    "probe_decode_fps",
     "redact",
 ]
 
@@ -56,15 +74,22 @@ __all__ = [
 def _is_camera(source: Any) -> bool:
     """A camera index (an int, not a bool) or a device path."""
     return (isinstance(source, int) and not isinstance(source, bool)) or (
-        isinstance(source, str) and source.startswith("/dev/"))
+        isinstance(source, str) and source.startswith("/dev/")
+    )
 
 
 def _is_stream(source: Any) -> bool:
     return isinstance(source, str) and source.lower().startswith(LIVE_SCHEMES)
 
 
-def open_live(source: int | str, *, size: tuple[int, int] | None = None, keep_full: bool = False,
-              config: LiveConfig | None = None, **kwargs: Any) -> LiveSource:
+def open_live(
+    source: int | str,
+    *,
+    size: tuple[int, int] | None = None,
+    keep_full: bool = False,
+    config: LiveConfig | None = None,
+    **kwargs: Any,
+) -> LiveSource:
     """Open a camera (an index or a ``/dev/`` path) or a network stream (a URL) with the live defaults.
 
     Args:

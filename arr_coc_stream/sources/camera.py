@@ -39,20 +39,35 @@ class CameraSource(LiveSource):
         ConfigError: an argument out of range.
     """
 
-    def __init__(self, device: int | str, *, size: tuple[int, int] | None = None, keep_full: bool = False,
-                 api: int = cv2.CAP_ANY, config: LiveConfig | None = None) -> None:
+    def __init__(
+        self,
+        device: int | str,
+        *,
+        size: tuple[int, int] | None = None,
+        keep_full: bool = False,
+        api: int = cv2.CAP_ANY,
+        config: LiveConfig | None = None,
+    ) -> None:
         if isinstance(device, bool) or not isinstance(device, (int, str)):
             raise ConfigError(f"a camera is an index or a string for cv2.VideoCapture, got {device!r}")
         self._device, self._api = device, api
-        super().__init__(redact(device) if isinstance(device, str) else f"camera:{device}", size=size,
-                         keep_full=keep_full, config=config)
+        super().__init__(
+            redact(device) if isinstance(device, str) else f"camera:{device}",
+            size=size,
+            keep_full=keep_full,
+            config=config,
+        )
 
     def _connect(self) -> cv2.VideoCapture:
         cfg = self.config
         params: list[int] = []
         if isinstance(self._device, str):  # index cameras (V4L2) reject these parameters and fail to open
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(1000 * cfg.open_timeout_s),
-                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(1000 * cfg.read_timeout_s)]
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(1000 * cfg.open_timeout_s),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(1000 * cfg.read_timeout_s),
+            ]
         cap = cv2.VideoCapture(self._device, self._api, params)
         if not cap.isOpened():
             cap.release()
@@ -60,8 +75,15 @@ class CameraSource(LiveSource):
         h, w = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         fps = cap.get(cv2.CAP_PROP_FPS)
         if not hasattr(self, "info"):
-            self.info = SourceInfo(uri=self.uri, width=w, height=h, fps=fps if fps > 0 else None, frames=None,
-                                   codec=cap.getBackendName().lower(), live=True)
+            self.info = SourceInfo(
+                uri=self.uri,
+                width=w,
+                height=h,
+                fps=fps if fps > 0 else None,
+                frames=None,
+                codec=cap.getBackendName().lower(),
+                live=True,
+            )
         return cap
 
     def _read(self, cap: cv2.VideoCapture) -> Iterator[_Raw]:

@@ -49,8 +49,15 @@ class VideoFileSource(ThreadedSource):
 
     thread_name = "arr_coc_stream-decode"
 
-    def __init__(self, path: str | os.PathLike[str], *, size: tuple[int, int] | None = None, keep_full: bool = False,
-                 threads: bool = True, queue_size: int = 8) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        size: tuple[int, int] | None = None,
+        keep_full: bool = False,
+        threads: bool = True,
+        queue_size: int = 8,
+    ) -> None:
         self.path = os.fspath(path)
         self._size = _check_size(size)
         self._keep_full = keep_full
@@ -66,8 +73,10 @@ class VideoFileSource(ThreadedSource):
         try:
             fmt = self._container.format.name
             if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's single-image demuxers
-                raise SourceError(f"{self.path!r} is a still image ({fmt}), not a video; for one frame pass "
-                                  "[image] (an HxWx3 uint8 RGB array in a list) as the source")
+                raise SourceError(
+                    f"{self.path!r} is a still image ({fmt}), not a video; for one frame pass "
+                    "[image] (an HxWx3 uint8 RGB array in a list) as the source"
+                )
             if not self._container.streams.video:
                 raise SourceError(f"no video stream in {self.path!r}")
             stream = self._container.streams.video[0]
@@ -86,8 +95,15 @@ class VideoFileSource(ThreadedSource):
         rate = stream.average_rate or stream.guessed_rate
         self._start_pts = stream.start_time or 0
         self._time_base = stream.time_base
-        self.info = SourceInfo(uri=self.path, width=w, height=h, fps=float(rate) if rate else None,
-                               frames=stream.frames or None, codec=stream.codec_context.name, live=False)
+        self.info = SourceInfo(
+            uri=self.path,
+            width=w,
+            height=h,
+            fps=float(rate) if rate else None,
+            frames=stream.frames or None,
+            codec=stream.codec_context.name,
+            live=False,
+        )
 
     def _decode(self, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
         """Yield decoded frames, skipping (and counting) packets the decoder rejects."""
@@ -118,16 +134,18 @@ class VideoFileSource(ThreadedSource):
             what = f"{n} of {declared} declared frames" if declared else f"{n} frames"
             skipped = f", {self.corrupt_packets} corrupt packet(s) skipped" if self.corrupt_packets else ""
             error = f"; read error: {self._read_error}" if self._read_error else ""
-            self.incomplete = (f"{self.path!r} is truncated or damaged: it ends after frame {n - 1} ({what} "
-                               f"decoded{skipped}{error})")
+            self.incomplete = (
+                f"{self.path!r} is truncated or damaged: it ends after frame {n - 1} ({what} decoded{skipped}{error})"
+            )
 
     def _release(self) -> None:
         self._decoded.close()
         self._container.close()
 
 
-def av_frame_to_rgb(vf: av.VideoFrame, size: tuple[int, int] | None, keep_full: bool,
-                    quarter_turns: int) -> tuple[np.ndarray, np.ndarray | None]:
+def av_frame_to_rgb(
+    vf: av.VideoFrame, size: tuple[int, int] | None, keep_full: bool, quarter_turns: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Convert a decoded frame to RGB arrays, turned ``quarter_turns`` x 90 degrees counter-clockwise.
 
     Returns:
@@ -145,8 +163,9 @@ def av_frame_to_rgb(vf: av.VideoFrame, size: tuple[int, int] | None, keep_full: 
     return np.ascontiguousarray(np.rot90(small, k)), full
 
 
-def probe_decode_fps(path: str | os.PathLike[str], size: tuple[int, int] | None = None,
-                     max_frames: int | None = None) -> tuple[int, float]:
+def probe_decode_fps(
+    path: str | os.PathLike[str], size: tuple[int, int] | None = None, max_frames: int | None = None
+) -> tuple[int, float]:
     """Measure decode-only throughput of :class:`VideoFileSource` (opening included), the benchmark's reference.
 
     Args:

@@ -46,9 +46,16 @@ class IterableSource(ThreadedSource):
 
     thread_name = "arr_coc_stream-iterable"
 
-    def __init__(self, frames: Iterable[np.ndarray | Frame], *, fps: float | None = None,
-                 size: tuple[int, int] | None = None, keep_full: bool = False, threads: bool = True,
-                 queue_size: int = 8) -> None:
+    def __init__(
+        self,
+        frames: Iterable[np.ndarray | Frame],
+        *,
+        fps: float | None = None,
+        size: tuple[int, int] | None = None,
+        keep_full: bool = False,
+        threads: bool = True,
+        queue_size: int = 8,
+    ) -> None:
         if fps is not None and not fps > 0:
             raise ConfigError(f"fps must be positive, got {fps!r}")
         self._size, self._fps, self._keep_full = _check_size(size), fps, keep_full
@@ -60,8 +67,15 @@ class IterableSource(ThreadedSource):
         first_frame = self._to_frame(first, 0)
         self._first: Frame | None = first_frame
         h, w = first_frame.source_size
-        self.info = SourceInfo(uri=f"<{type(frames).__name__}>", width=w, height=h, fps=fps,
-                               frames=len(frames) if hasattr(frames, "__len__") else None, codec=None, live=False)
+        self.info = SourceInfo(
+            uri=f"<{type(frames).__name__}>",
+            width=w,
+            height=h,
+            fps=fps,
+            frames=len(frames) if hasattr(frames, "__len__") else None,
+            codec=None,
+            live=False,
+        )
 
     def _to_frame(self, item: np.ndarray | Frame, index: int) -> Frame:
         if isinstance(item, Frame):
@@ -76,8 +90,13 @@ class IterableSource(ThreadedSource):
         rgb = full
         if self._size is not None:
             rgb = cv2.resize(full, self._size[::-1], interpolation=cv2.INTER_AREA)  # cv2 takes (W, H)
-        return Frame(rgb=rgb, index=index, time=index / (self._fps or DEFAULT_FPS), source_size=full.shape[:2],
-                     full=full if self._keep_full else None)
+        return Frame(
+            rgb=rgb,
+            index=index,
+            time=index / (self._fps or DEFAULT_FPS),
+            source_size=full.shape[:2],
+            full=full if self._keep_full else None,
+        )
 
     def _produce(self) -> Iterator[Frame]:
         first, self._first = self._first, None

@@ -209,9 +209,11 @@ class LiveSource(ThreadedSource):
             self.reconnects += 1
             self._reconnected = True
             return conn, failures
-        raise SourceError(f"{self.uri}: stream dropped and not back within reconnect_timeout_s="
-                          f"{cfg.reconnect_timeout_s:g} s ({failures} attempt(s) failed or brought no frame)"
-                          + (f"; last error: {last}" if last else ""))
+        raise SourceError(
+            f"{self.uri}: stream dropped and not back within reconnect_timeout_s="
+            f"{cfg.reconnect_timeout_s:g} s ({failures} attempt(s) failed or brought no frame)"
+            + (f"; last error: {last}" if last else "")
+        )
 
     def _arrivals(self, raws: Iterator[_Raw], settle: bool) -> Iterator[tuple[_Raw, float, float]]:
         """(frame, monotonic arrival, monotonic time it was live) for each frame read from one connection.
@@ -276,8 +278,17 @@ class LiveSource(ThreadedSource):
         index = self._next_index + lost
         self._next_index = index + 1
         self._last = (t, now)
-        return Frame(rgb=raw.rgb, index=index, time=t, source_size=raw.source_size, full=raw.full, reset=reset,
-                     gap=gap, dropped=lost, received=received)
+        return Frame(
+            rgb=raw.rgb,
+            index=index,
+            time=t,
+            source_size=raw.source_size,
+            full=raw.full,
+            reset=reset,
+            gap=gap,
+            dropped=lost,
+            received=received,
+        )
 
     def _release(self) -> None:
         if self._conn is not None:  # never iterated: the constructor's connection is still here

@@ -74,9 +74,16 @@ class StreamSource(LiveSource):
         ConfigError: an argument out of range.
     """
 
-    def __init__(self, url: str, *, size: tuple[int, int] | None = None, keep_full: bool = False,
-                 transport: Literal["tcp", "udp"] = "tcp", options: dict[str, str] | None = None,
-                 config: LiveConfig | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: tuple[int, int] | None = None,
+        keep_full: bool = False,
+        transport: Literal["tcp", "udp"] = "tcp",
+        options: dict[str, str] | None = None,
+        config: LiveConfig | None = None,
+    ) -> None:
         if not isinstance(url, str) or not url.lower().startswith(LIVE_SCHEMES):
             raise ConfigError(f"a stream URL must start with one of {LIVE_SCHEMES}, got {url!r}")
         if transport not in TRANSPORTS:
@@ -111,8 +118,7 @@ class StreamSource(LiveSource):
         except (av.FFmpegError, OSError) as e:
             waited = time.monotonic() - t0
             if waited >= 0.9 * cfg.open_timeout_s:  # FFmpeg reports the interrupted open as some other error
-                raise SourceError(
-                    f"{self.uri}: no answer within {cfg.open_timeout_s:g} s ({self._scrub(e)})") from e
+                raise SourceError(f"{self.uri}: no answer within {cfg.open_timeout_s:g} s ({self._scrub(e)})") from e
             raise SourceError(f"{self.uri}: cannot open the stream ({self._scrub(e)})") from e
         try:
             if not container.streams.video:
@@ -125,8 +131,15 @@ class StreamSource(LiveSource):
                 container.close()
                 return None
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            info = SourceInfo(uri=self.uri, width=w, height=h, fps=float(rate) if rate else None, frames=None,
-                              codec=stream.codec_context.name, live=True)
+            info = SourceInfo(
+                uri=self.uri,
+                width=w,
+                height=h,
+                fps=float(rate) if rate else None,
+                frames=None,
+                codec=stream.codec_context.name,
+                live=True,
+            )
         except BaseException:
             container.close()
             raise
