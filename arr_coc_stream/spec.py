@@ -9,12 +9,16 @@ Shapes are per stream: the leading batch dimension (streams per call, the only d
 inputs come first (``frame``, ``dt``, ``reset``, then the query head's), then one ``<state>_in`` per state; its
 outputs are the results, then one ``<state>_out`` per state, with the same shape and dtype as the input.
 
-    >>> spec = GraphSpec(inputs=(TensorSpec("x", (3,), "float32"),), states=(StateSpec("s", (), "float32"),),
+Every tensor has at least one dimension after the batch: a per-stream scalar is shape ``(1,)``, [B, 1] in the
+graph. Triton's sequence batcher needs it: its control input (``reset``) must be [B, 1], and an implicit state
+cannot be declared without dims.
+
+    >>> spec = GraphSpec(inputs=(TensorSpec("x", (3,), "float32"),), states=(StateSpec("s", (1,), "float32"),),
     ...                  outputs=(TensorSpec("y", (3,), "float32"),))
     >>> spec.input_names, spec.output_names
     (('x', 's_in'), ('y', 's_out'))
     >>> spec.initial_state(batch=2)["s"].shape
-    torch.Size([2])
+    torch.Size([2, 1])
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class TensorSpec:
 
     Attributes:
         name: the tensor's name (an ONNX input or output name).
-        shape: per-stream shape, without the leading batch dimension.
+        shape: per-stream shape, without the leading batch dimension; at least one dimension.
         dtype: numpy name of the element type (one of :data:`DTYPES`).
         doc: what it holds, with its value range.
     """
@@ -48,6 +52,8 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        if not self.shape:
+            raise ModelError(f"tensor {self.name!r} has no dimension after the batch: a per-stream scalar is (1,)")
         if self.dtype not in DTYPES:
             raise ModelError(f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
 

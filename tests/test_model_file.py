@@ -76,8 +76,8 @@ def test_check_refuses_another_graph_or_head() -> None:
     meta = {**model.metadata, "head": {"name": "band"}}
     with pytest.raises(acs.ModelError, match="query head 'band', not 'attributes'"):
         ModelFile.from_metadata(meta, "m.onnx").check(graph_spec(config, head), head)
-    with pytest.raises(acs.ModelError, match="schema 1 is not 2; re-export"):
-        ModelFile.from_metadata({**model.metadata, "schema_version": 1}, "old.onnx")
+    with pytest.raises(acs.ModelError, match="schema 2 is not 3; re-export"):  # 2: scalars were [B], not [B, 1]
+        ModelFile.from_metadata({**model.metadata, "schema_version": 2}, "old.onnx")
     with pytest.raises(acs.ModelError, match="not exported by arr_coc_stream"):
         ModelFile.from_props({"producer": json.dumps("someone")}, "x.onnx")
     assert companion_path("models/a_fp16.onnx", "clip") == Path("models/a_fp16_clip.onnx")
