@@ -138,7 +138,7 @@ def stream(
         ConfigError: an option out of range, an output path that is a folder, the source itself or another
             output. MissingExtraError: ``plot`` without matplotlib.
 
-    Example:
+    Examples:
         >>> import arr_coc_stream
         >>> from arr_coc_stream.synth import moving_object
         >>> clip = moving_object(n_frames=5)
@@ -205,6 +205,7 @@ def _frames(
     sinks: list[Sink] = []
     writer: JsonlSink | None = None
     bar = None
+    reason: str | None  # why the stream ended early; None when it is complete
     complete, reason = False, STOPPED  # what a consumer that stops early (GeneratorExit at the yield) leaves
     failed_output = False
     try:
@@ -290,7 +291,7 @@ def run(source: SourceLike, query: str | None = None, **options: Any) -> Results
         A list of results, with ``complete`` and ``reason`` as :class:`Stream` has them (``complete`` is False
         when the source ended early, e.g. a truncated file).
 
-    Example:
+    Examples:
         >>> import arr_coc_stream
         >>> from arr_coc_stream.synth import moving_object
         >>> results = arr_coc_stream.run(moving_object(n_frames=3).frames, query="red")
@@ -310,7 +311,8 @@ def _check_options(
     if (
         isinstance(overlay_scale, bool)
         or not isinstance(overlay_scale, numbers.Real)
-        or not (math.isfinite(overlay_scale) and 0.0 < overlay_scale <= 4.0)
+        # the ignore: typeshed's numbers.Real declares no comparison with a float (at run time it has one)
+        or not (math.isfinite(overlay_scale) and 0.0 < overlay_scale <= 4.0)  # type: ignore[operator]
     ):
         raise ConfigError(f"overlay_scale must be a number in (0, 4], got {overlay_scale!r}")
     if max_frames is not None and (

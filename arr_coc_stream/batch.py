@@ -216,7 +216,7 @@ def _on_ray(
         size = min(len(paths), actors or max(1, int(ray.cluster_resources().get("CPU", 1))))
         items = [{"index": i, "path": os.path.abspath(p)} for i, p in enumerate(paths)]
         # a block per path: a block is retried or dropped as a whole, so it must never hold two videos
-        ds = ray.data.from_items(items, override_num_blocks=len(paths))
+        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(paths))
         ds = ds.map_batches(
             _Worker,
             fn_constructor_kwargs={"out_dir": os.path.abspath(out), "query": query, "options": options},
@@ -227,7 +227,7 @@ def _on_ray(
         done = {int(r["index"]): BatchRow(**json.loads(r["row"])) for r in ds.take_all()}
     # the rows name the files as the caller gave them, not as the absolute paths the actors saw
     return [
-        dataclasses.replace(done[i], path=p, output=done[i].output and str(out / Path(done[i].output).name))
+        dataclasses.replace(done[i], path=p, output=(o := done[i].output) and str(out / Path(o).name))
         for i, p in enumerate(paths)
     ]
 
@@ -252,8 +252,8 @@ def _ray_session(ray: Any, address: str) -> Iterator[None]:
         finally:
             ray.shutdown()
     finally:
-        for k, v in saved.items():
-            if v is None:
+        for k, before in saved.items():
+            if before is None:
                 os.environ.pop(k, None)
             else:
-                os.environ[k] = v
+                os.environ[k] = before

@@ -100,7 +100,7 @@ def recall_table(clip_model: str | None = None) -> list[list[Any]]:
         ("blue ball on 'astronaut'", lambda: synth.moving_object("blue", photo="astronaut"), "blue", "a blue ball"),
         ("text patch on 'astronaut'", lambda: synth.text_region(), "text", "printed text"),
     ]
-    options = {} if clip_model is None else {"query_encoder": "clip", "clip_model": clip_model}
+    options: dict[str, Any] = {} if clip_model is None else {"query_encoder": "clip", "clip_model": clip_model}
     rows = []
     for name, make, attr_query, clip_query in cases:
         clip = make()

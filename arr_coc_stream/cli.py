@@ -1,5 +1,6 @@
 """Console script ``arr-coc-stream``: ``run`` a source with a progress bar, ``export`` the graph, ``build-trt`` its
-TensorRT engines, ``bench`` the engine's speed, ``eval`` its relevance on real clips.
+TensorRT engines, ``bench`` the engine's speed, ``eval`` its relevance on real clips, ``serve`` a live page over a
+stream (:mod:`arr_coc_stream.serve`).
 
 Engine options are derived once from :class:`~arr_coc_stream.config.EngineConfig` (:func:`add_config_options`):
 one ``--field-name`` per field, typed from its annotation, its help from the field's documentation; only the
@@ -26,7 +27,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import INPUT_MODES, RUNTIME_FIELDS, EngineConfig, field_docs
-from .errors import ArrCocError
+from .errors import ArrCocError, ConfigError
 
 PROG = "arr-coc-stream"
 _METAVARS = {"grid": ("GH", "GW"), "frame_size": ("H", "W")}
@@ -66,7 +67,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, graph_only: bool = Fa
         if graph_only and f.name in RUNTIME_FIELDS and f.name not in needed:
             continue
         kind, optional = _unwrap(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        # a field without a default has a factory (typeshed cannot tie the two attributes together)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docs.get(f.name, "")).replace("``", "")
         kwargs: dict[str, Any] = {
             "dest": _DEST + f.name,
@@ -182,7 +184,8 @@ class _StopOnSignal:
     names the signal and the run exits with 128 + signum."""
 
     def __init__(self, frames: Any) -> None:
-        self.frames, self.signum = frames, None
+        self.frames = frames
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnSignal:
@@ -252,12 +255,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------- export
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="the .onnx to write (default: models/<name>.onnx)")
-    p.add_argument("--batch-max", type=int, default=1, help="largest batch of streams per call (default 1)")
+    p.add_argument(
+        "--batch-max", type=int, default=None, help="largest batch of streams per call (default 1; 8 with --triton)"
+    )
     p.add_argument("--fp16", action="store_true", help="also write <name>_fp16.onnx (FP32 inputs and outputs)")
     p.add_argument(
         "--tensorrt",
         action="store_true",
         help="also build the TensorRT engines (needs TensorRT 10/11 and the NVIDIA GPU that will run them)",
+    )
+    p.add_argument(
+        "--triton",
+        type=Path,
+        metavar="DIR",
+        help="also write a Triton model repository to DIR: the graph as a sequence model with implicit state "
+        "(from the TensorRT engine with --tensorrt or --engine, else from the ONNX file)",
+    )
+    p.add_argument(
+        "--engine",
+        type=Path,
+        help="with --triton: write the repository from this built TensorRT engine (the tensorrt_plan variant) "
+        "instead of exporting",
+    )
+    p.add_argument(
+        "--triton-idle-s",
+        type=float,
+        default=10.0,
+        help="with --triton: seconds a camera may send nothing before Triton drops its sequence (default 10; "
+        "Triton's own default, 1 s, drops a camera that pauses for a second)",
     )
     add_config_options(p, graph_only=True)
 
@@ -266,11 +291,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportConfig, default_name, export_onnx
     from .query import build_head
 
+    if args.engine is not None:
+        if args.triton is None:
+            raise ConfigError("--engine is for --triton DIR: the engine to serve")
+        _triton(args.engine, args)
+        return 0
     options = config_options(args)
     if "frame_size" in options:  # a frame size is for full-frame input: the graph does the area downscale
         options.setdefault("input_mode", "full")
     config = EngineConfig.from_options(**options)
-    export = ExportConfig(batch_max=args.batch_max, fp16=args.fp16)
+    batch_max = args.batch_max or (8 if args.triton is not None else 1)  # Triton batches sequences: one slot each
+    export = ExportConfig(batch_max=batch_max, fp16=args.fp16)
     head = build_head(config)
     path = args.output or Path("models") / f"{default_name(config, export, head)}.onnx"
     result = export_onnx(config, path, export, head=head)
@@ -279,8 +310,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"input {config.input_mode} {list(config.frame_shape)}, grid {list(config.grid)}, k {config.k}, "
         f"query head {head.name}, batch 1..{export.batch_max}, opset {result.metadata['opset']}"
     )
-    if result.fp16_path is not None:
-        print(f"wrote {result.fp16_path} and {result.fp16_metadata_path.name} (float16, FP32 inputs and outputs)")
+    if (fp16_metadata_path := result.fp16_metadata_path) is not None:  # None exactly when fp16_path is
+        print(f"wrote {result.fp16_path} and {fp16_metadata_path.name} (float16, FP32 inputs and outputs)")
     print(result.tensorrt.verdict())
     ok = result.tensorrt.ok
     for name, file in result.companions.items():
@@ -291,11 +322,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
         print(file.tensorrt.verdict())
         ok = ok and file.tensorrt.ok
+    served = result.path
     if ok and args.tensorrt:
         from .trt_build import BuildConfig
 
-        _build(BuildConfig(onnx=result.path))
+        served = _build(BuildConfig(onnx=result.path))[0].engine
+    if ok and args.triton is not None:
+        _triton(served, args)
     return 0 if ok else 1
+
+
+def _triton(model: Path, args: argparse.Namespace) -> None:
+    from .triton import TritonConfig, write_repository
+
+    for m in write_repository(model, args.triton, TritonConfig(idle_timeout_s=args.triton_idle_s)):
+        kind = "sequence model, implicit state, START -> reset" if m.stateful else "batched companion"
+        print(f"wrote {m.config} and {m.model} ({kind})")
+    print(f"serve it with: tritonserver --model-repository {args.triton}")
 
 
 # ----------------------------------------------------------------------------------------------- build-trt
@@ -339,11 +382,13 @@ def _cmd_build_trt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(build: Any) -> None:
-    """Build the engines of ``build.onnx`` and its companions, printing what was written."""
+def _build(build: Any) -> list[Any]:
+    """Build the engines of ``build.onnx`` and its companions, printing what was written; returns the
+    :class:`~arr_coc_stream.trt_build.BuildResult` of each, the per-frame graph's first."""
     from .trt_build import build_all
 
-    for result in build_all(build):
+    results = build_all(build)
+    for result in results:
         trt = result.info["tensorrt"]
         print(
             f"wrote {result.engine} ({result.engine.stat().st_size / 2**20:.1f} MiB) and {result.info_path.name}: "
@@ -354,6 +399,7 @@ def _build(build: Any) -> None:
         print(
             f"timing cache {result.timing_cache} ({'reused and updated' if result.timing_cache_reused else 'created'})"
         )
+    return results
 
 
 # --------------------------------------------------------------------------------------------------- bench
@@ -538,8 +584,125 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- serve
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    from .serve import ServeConfig
+
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="video file, camera index or /dev/ path, or rtsp:// http(s):// tcp:// URL "
+        "(default: the embedded default clip)",
+    )
+    p.add_argument("--query", "-q", help="first text query; the page changes it (default: none)")
+    p.add_argument(
+        "--port", type=int, default=ServeConfig.port, help=f"TCP port, 0: any free one (default {ServeConfig.port})"
+    )
+    p.add_argument(
+        "--host",
+        default=ServeConfig.host,
+        help=f"address to listen on (default {ServeConfig.host}: this machine only; 0.0.0.0 opens it to the network)",
+    )
+    p.add_argument("--loop", action="store_true", help="start a file again at its end (default: stop and say so)")
+    add_config_options(p)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    source, query = _source_and_query(args)
+    return serve(source, query, ServeConfig(host=args.host, port=args.port, loop=args.loop), **config_options(args))
+
+
+# ----------------------------------------------------------------------------------------------------- ask
+def _add_ask(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", metavar="VIDEO", help="video file")
+    p.add_argument("question", metavar="QUESTION", help="the question; also the engine's query")
+    p.add_argument(
+        "--vlm",
+        required=True,
+        metavar="PATH",
+        help="a Qwen2-VL, Qwen2.5-VL or Qwen3-VL folder written by save_pretrained (needs the vlm extra)",
+    )
+    p.add_argument(
+        "--frames", type=int, default=16, help="frames the model sees, evenly spaced over the video (default 16)"
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="process only the first frames of the video")
+    p.add_argument(
+        "--max-cells",
+        type=int,
+        default=None,
+        help="most visual tokens per temporal token: the engine grid's cells (default: the engine's 1024)",
+    )
+    p.add_argument("--k", type=int, default=None, help="most cells selected per frame (default: the engine's)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="length limit of the answer (default 64)")
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from . import vlm  # transformers loads only for this command
+    from .engine import Engine
+    from .errors import ConfigError
+    from .sources import open_source
+
+    if args.frames < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise ConfigError(f"--frames and --max-frames must be >= 1, got {args.frames} and {args.max_frames}")
+    model, tokenizer = vlm.load_vlm(args.vlm)
+    frames, results = {}, {}
+    with open_source(args.video) as src:  # full-resolution frames: the engine resizes its own copy
+        options = vlm.engine_options(model, (src.info.height, src.info.width), max_cells=args.max_cells)
+        if args.k is not None:  # the foveal candidates are a share of k: never more than k
+            options.update(k=args.k, max_foveal=min(args.k, EngineConfig.max_foveal))
+        engine = Engine(query=args.question, **options)
+        # only the picked frames are kept at full resolution; a container without a frame count keeps them all
+        total = min(filter(None, (src.info.frames, args.max_frames)), default=None)
+        picks = set(_spread(args.frames, total)) if total else None
+        for n, frame in enumerate(src):
+            if args.max_frames is not None and n >= args.max_frames:
+                break
+            result = engine.process(frame.rgb, frame.time, index=frame.index, source_size=frame.source_size)
+            if picks is None or n in picks:
+                frames[n], results[n] = frame.rgb, result
+    if not results:
+        raise ConfigError(f"no frames in {args.video}")
+    chosen = sorted(results)
+    chosen = [chosen[i] for i in _spread(args.frames, len(chosen))]
+    out = vlm.answer(
+        model,
+        tokenizer,
+        args.question,
+        [frames[i] for i in chosen],
+        [results[i] for i in chosen],
+        max_new_tokens=args.max_new_tokens,
+    )
+    pruned = vlm.prefill_ms(model, out.inputs.model_kwargs())  # once each: generate has warmed the model up
+    full = vlm.prefill_ms(model, out.inputs.model_kwargs(pruned=False))
+    print(out.text)
+    print(
+        f"visual tokens kept / full: {out.tokens_kept} / {out.tokens_full} "
+        f"({out.tokens_kept / out.tokens_full:.1%}) from {len(chosen)} frames on a {options['grid'][0]} x "
+        f"{options['grid'][1]} grid"
+    )
+    print(
+        f"prefill ms pruned / full: {pruned:.1f} / {full:.1f} (language model; vision tower "
+        f"{out.inputs.vision_ms:.1f} ms for both)"
+    )
+    return 0
+
+
+def _spread(count: int, total: int) -> list[int]:
+    """``count`` indices evenly spaced over ``range(total)``, first and last included (all of them if fewer)."""
+    if count >= total:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "run": (_add_run, _cmd_run, "process a video and print a summary (optionally JSONL, overlay, timeline)"),
+    "ask": (
+        _add_ask,
+        _cmd_ask,
+        "answer a question about a video with a Qwen2-VL-family model fed only the selected tokens",
+    ),
     "export": (_add_export, _cmd_export, "export the per-frame graph (and the query head's companions) to ONNX"),
     "build-trt": (_add_build_trt, _cmd_build_trt, "build TensorRT engines from an exported ONNX file"),
     "bench": (_add_bench, _cmd_bench, "speed and quality benchmark, printed as tables"),
@@ -553,6 +716,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
         _cmd_eval,
         "relevance quality on real clips against truth from the pixels: colour words "
         "(AUC, recall, lift, tokens) and scene cuts beside PySceneDetect",
+    ),
+    "serve": (
+        _add_serve,
+        _cmd_serve,
+        "the microscope: a local web page over a live stream (overlay, query box, texture channels, timeline)",
     ),
 }
 

@@ -185,6 +185,12 @@ class EngineConfig:
         _check(
             self.cell_px >= 4 and self.cell_px % 4 == 0, f"cell_px must be a multiple of 4, >= 4, got {self.cell_px}"
         )
+        # the cut detector pools the flow's quarter-resolution luminance into an 8x8 layout (realizing.py)
+        _check(
+            all(side % WORK_MULTIPLE == 0 for side in self.work_size),
+            f"grid x cell_px (the work size) must be a multiple of {WORK_MULTIPLE} px on both sides, got grid "
+            f"{self.grid} x {self.cell_px} px = {self.work_size}",
+        )
         _check(
             1 <= self.k <= min(self.cells, 3840),
             f"k must be in [1, min(cells={self.cells}, 3840)], got {self.k} for grid {self.grid}",
@@ -246,9 +252,11 @@ class EngineConfig:
 
 # Opponent-processing constants (DESIGN.md section 5). Kept as frozen nn.Parameters in the graph so a later
 # fitting step can learn them; each has a validated range.
+WORK_MULTIPLE = 32  # realizing.FLOW_DOWNSCALE (4) x realizing.CUT_POOL (8)
 DEFAULT_PARAMS: dict[str, float] = {
     "query_share": 0.9,  # share of a matched cell's headroom (1 - relevance) the query lifts it by
-    "query_gate": 0.2,  # a cell's query match below this is no match: it gets no lift
+    "query_gate": 0.1,  # a cell's query match below this is no match: it gets no lift
+    "query_presence": 0.25,  # a frame whose best gated match reaches this holds the query fully
     "query_damp": 0.85,  # how far the unmatched rest is tempered towards the floor while the query is present
     "particularize": 0.5,  # propositional (detail) vs. perspectival (salience) in the query-free base
     "diversify": 0.1,  # bonus for the best cell of each cluster (focus vs. diversify)
@@ -261,6 +269,7 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "query_share": (0.0, 1.0),
     "query_gate": (0.0, 0.95),
     "query_damp": (0.0, 1.0),
+    "query_presence": (0.01, 1.0),
     "particularize": (0.0, 1.0),
     "diversify": (0.0, 0.5),
     "inhibition": (0.0, 1.0),

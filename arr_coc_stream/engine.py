@@ -106,7 +106,7 @@ class Engine:
             configuration, see :func:`arr_coc_stream.query.build_head`).
         **options: :class:`EngineConfig` fields, instead of ``config``.
 
-    Example:
+    Examples:
         >>> import numpy as np, arr_coc_stream
         >>> engine = arr_coc_stream.Engine(arr_coc_stream.EngineConfig(k=64), query="red")
         >>> frame = np.zeros((240, 320, 3), np.uint8); frame[100:140, 150:200] = (220, 20, 20)
@@ -269,8 +269,8 @@ class Engine:
         timings["resize"] = 1000.0 * (_time.perf_counter() - t0)
         inputs = {
             "frame": x,
-            "dt": torch.tensor([max(dt, 0.0)], dtype=torch.float32, device=self.device),
-            "reset": torch.tensor([reset], device=self.device),
+            "dt": torch.tensor([[max(dt, 0.0)]], dtype=torch.float32, device=self.device),
+            "reset": torch.tensor([[reset]], device=self.device),
             **slot.query_tensors,
             **{s.in_name: slot.state[s.name] for s in self.spec.states},
         }
@@ -303,7 +303,7 @@ class Engine:
         out = self.runner(batch, timings)
         for i, step in enumerate(steps):
             step.timings.update(timings)
-            if bool(out["cut"][i]):
+            if bool(out["cut"][i].item()):
                 again, step.keyframe = self.head.after_cut(step.frame, step.keyframe, self.companions, step.timings)
                 if again is not None:
                     step.inputs.update(self._on_device(again))
@@ -335,13 +335,13 @@ class Engine:
             lod=res["lod"],
             boxes=cell_boxes(res["indices"], self.config.grid, step.size),
             windows=cells_to_pixels(res["boxes"], self.config.grid, step.size),
-            cut=bool(res["cut"]),
-            scene_score=float(res["scene_score"]),
-            motion=float(res["motion"]),
+            cut=bool(res["cut"].item()),
+            scene_score=float(res["scene_score"].item()),
+            motion=float(res["motion"].item()),
             query_terms=slot.query.terms,
             query_ignored=slot.query.ignored,
             timings=step.timings,
-            reset=bool(step.reset or res["cut"]),
+            reset=bool(step.reset or res["cut"].item()),
             source_size=step.size,
             keyframe=step.keyframe,
         )

@@ -223,6 +223,7 @@ def _to_onnx(
             optimize=False,
             verbose=False,
         )
+        assert program is not None  # dynamo=True returns the program (None is the old exporter's)
         _optimize(program.model)
     model = program.model_proto
     _strip(model)

@@ -38,8 +38,8 @@ def graph_spec(config: EngineConfig, head: QueryHead) -> GraphSpec:
         TensorSpec(
             "frame", (*config.frame_shape, 3), "uint8", "RGB frame (work size, or frame_size in full input mode)"
         ),
-        TensorSpec("dt", (), "float32", "seconds since the stream's previous frame"),
-        TensorSpec("reset", (), "bool", "start this stream from fresh state"),
+        TensorSpec("dt", (1,), "float32", "seconds since the stream's previous frame"),
+        TensorSpec("reset", (1,), "bool", "start this stream from fresh state (Triton's sequence START)"),
         *head.query_inputs(),
         *head.frame_inputs(),
     )
@@ -61,8 +61,8 @@ def graph_spec(config: EngineConfig, head: QueryHead) -> GraphSpec:
             "low-resolution luminance of the last frames in [0, 1], newest first",
         ),
         StateSpec("cut_motion", (2,), "float32", "previous frame's global content motion (x, y), low-res px/frame"),
-        StateSpec("cut_mean", (), "float32", "running mean of the cut detector's change"),
-        StateSpec("since_reset", (), "float32", "seconds since the last reset or cut"),
+        StateSpec("cut_mean", (1,), "float32", "running mean of the cut detector's change"),
+        StateSpec("since_reset", (1,), "float32", "seconds since the last reset or cut"),
         *head.states(),
     )
     outputs = (
@@ -73,9 +73,9 @@ def graph_spec(config: EngineConfig, head: QueryHead) -> GraphSpec:
         TensorSpec("budgets", (k,), "int32", "foveal token budget, 0 or 64..400"),
         TensorSpec("lod", (k,), "int32", "level of detail 0..3, -1 without a budget"),
         TensorSpec("boxes", (k, 4), "int32", "crop windows (y0, x0, y1, x1) in cells, end-exclusive"),
-        TensorSpec("scene_score", (), "float32", "cut detector score in [0, 1]"),
-        TensorSpec("cut", (), "bool", "a scene cut starts at this frame"),
-        TensorSpec("motion", (), "float32", "mean motion channel in [0, 1]"),
+        TensorSpec("scene_score", (1,), "float32", "cut detector score in [0, 1]"),
+        TensorSpec("cut", (1,), "bool", "a scene cut starts at this frame"),
+        TensorSpec("motion", (1,), "float32", "mean motion channel in [0, 1]"),
     )
     return GraphSpec(inputs, states, outputs)
 
@@ -98,7 +98,7 @@ class FrameGraph(nn.Module):
     """The per-frame computation for a configuration and a query head.
 
     Call with the tensors of ``self.spec.input_names`` in that order (states under their ``_in`` names): frame
-    [B, H, W, 3] uint8, dt [B] float32 seconds, reset [B] bool, the head's inputs, then every state. Returns the
+    [B, H, W, 3] uint8, dt [B, 1] float32 seconds, reset [B, 1] bool, the head's inputs, then every state. Returns the
     tensors of ``self.spec.output_names`` in order: the results, then every ``<state>_out``; read them by name
     with ``self.spec.named(outputs)``. Shapes and value ranges are in :func:`graph_spec`.
 
@@ -106,6 +106,10 @@ class FrameGraph(nn.Module):
         config: the engine configuration.
         head: the query head; its scorer becomes part of the graph.
     """
+
+    # buffers (registered in __init__ for input_mode "full"), declared for the type checker
+    area_h: Tensor
+    area_w: Tensor
 
     def __init__(self, config: EngineConfig, head: QueryHead) -> None:
         super().__init__()
@@ -121,6 +125,7 @@ class FrameGraph(nn.Module):
             p["diversify"],
             p["query_gate"],
             p["query_damp"],
+            p["query_presence"],
             config.relevance_floor,
             config.clusters,
         )
@@ -151,7 +156,7 @@ class FrameGraph(nn.Module):
     def step(self, x: Mapping[str, Tensor], timings: dict[str, float] | None = None) -> dict[str, Tensor]:
         """One frame, inputs and outputs by name (see :func:`graph_spec`)."""
         cfg = self.config
-        dt, reset = x["dt"], x["reset"]
+        dt, reset = x["dt"][:, 0], x["reset"][:, 0]  # per-stream scalars are [B, 1] at the boundary (spec.py)
         with _timed(timings, "preprocess"):
             rgb = self.preprocess(x["frame"])
             luma = luminance(rgb)
@@ -166,8 +171,8 @@ class FrameGraph(nn.Module):
                 x["cut_feat_in"],
                 x["cut_luma_in"],
                 x["cut_motion_in"],
-                x["cut_mean_in"],
-                x["since_reset_in"],
+                x["cut_mean_in"][:, 0],
+                x["since_reset_in"][:, 0],
                 dt,
                 reset,
                 cfg.cut_threshold,
@@ -196,10 +201,11 @@ class FrameGraph(nn.Module):
             p, s, q = self.knowing(tex, match, query_on)
 
         with _timed(timings, "balancing"):
-            bal, confidence = self.balancing(tex, p, s, q, query_on)
+            bal, confidence, temper = self.balancing(tex, p, s, q, query_on)
 
         with _timed(timings, "realizing.post"):
-            cache, relevance = realizing.blend(tex, valid, bal[:, None], dt, cfg.tau_relevance_s, cfg.motion_boost)
+            boost = cfg.motion_boost * temper[:, None]  # a query tempers the motion boost of what it does not ask for
+            cache, relevance = realizing.blend(tex, valid, bal[:, None], dt, cfg.tau_relevance_s, boost)
 
         with _timed(timings, "attending"):
             picked = self.attending(relevance[:, 0], tex, dt, confidence)
@@ -213,9 +219,9 @@ class FrameGraph(nn.Module):
             "budgets": picked["budgets"],
             "lod": picked["lod"],
             "boxes": picked["boxes"],
-            "scene_score": score,
-            "cut": cut,
-            "motion": mean_motion,
+            "scene_score": score[:, None],
+            "cut": cut[:, None],
+            "motion": mean_motion[:, None],
             "luma_out": luma,
             "relevance_out": cache[:, 0],
             "saliency_out": sal,
@@ -223,10 +229,12 @@ class FrameGraph(nn.Module):
             "cut_feat_out": cut_feat,
             "cut_luma_out": cut_luma,
             "cut_motion_out": realizing.next_motion(x["cut_motion_in"], flow, small.shape[-2:], fresh),
-            "cut_mean_out": cut_mean,
-            "since_reset_out": since,
+            "cut_mean_out": cut_mean[:, None],
+            "since_reset_out": since[:, None],
         }
-        out.update({f"{name}_out": t for name, t in self.scorer.next_state(x, prepared, dt, mean_motion).items()})
+        out.update(
+            {f"{name}_out": t for name, t in self.scorer.next_state(x, prepared, x["dt"], mean_motion[:, None]).items()}
+        )
         return out
 
 
@@ -236,9 +244,9 @@ def example_inputs(spec: GraphSpec, batch: int) -> dict[str, Tensor]:
     x = {t.name: t.zeros(batch) for t in spec.input_specs()}
     x.update({s.in_name: s.fresh(batch) for s in spec.states})
     if "dt" in x:
-        x["dt"] = torch.full((batch,), 1 / 30)
+        x["dt"] = torch.full((batch, 1), 1 / 30)
     if "reset" in x:
-        x["reset"] = torch.ones(batch, dtype=torch.bool)
+        x["reset"] = torch.ones(batch, 1, dtype=torch.bool)
     return x
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 FORMAT = "arr_coc_stream.frame_graph"
 COMPANION_FORMAT = "arr_coc_stream.companion"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _KINDS = {FORMAT: "a per-frame graph", COMPANION_FORMAT: "a companion graph"}
 
 

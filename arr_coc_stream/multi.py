@@ -7,7 +7,7 @@ freed that way starts fresh for the next stream, and no other stream notices. Ea
 its own :class:`~arr_coc_stream.engine.Engine` (the same selections and cuts; relevance within float rounding of
 the batched kernels).
 
-Example:
+Examples:
     >>> import numpy as np, arr_coc_stream
     >>> multi = arr_coc_stream.MultiEngine(streams=2, k=32)
     >>> frames = {"cam1": np.zeros((96, 128, 3), np.uint8), "cam2": np.full((96, 128, 3), 200, np.uint8)}
@@ -41,8 +41,12 @@ class MultiEngine:
         streams: the most streams at once (B). A file backend's model must have ``batch_max >= streams``
             (export with ``--batch-max``).
         query: the query a stream gets when it joins without one.
-        config, backend, model, head, **options: as for :class:`~arr_coc_stream.engine.Engine`; one graph (and
-            one query head) serves every stream.
+        config: as for :class:`~arr_coc_stream.engine.Engine`; one graph (and one query head) serves every
+            stream.
+        backend: as for ``Engine``.
+        model: as for ``Engine``.
+        head: as for ``Engine``.
+        **options: as for ``Engine``.
     """
 
     def __init__(

@@ -11,6 +11,8 @@ outside the frame are invalid and take the current frame's value.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -131,7 +133,7 @@ def translate(image: Tensor, motion: Tensor) -> Tensor:
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def next_motion(motion_in: Tensor, flow: Tensor, small_size: tuple[int, int], fresh: Tensor) -> Tensor:
+def next_motion(motion_in: Tensor, flow: Tensor, small_size: tuple[int, ...], fresh: Tensor) -> Tensor:
     """The cut detector's motion prediction for the next frame: the flow's mean, smoothed over frames.
 
     Keeping ``CUT_MOTION_KEEP`` of the previous prediction means one frame of bad flow (a flash changes the
@@ -245,7 +247,10 @@ def coarse_flow(luma_small: Tensor, prev_small: Tensor, grid: tuple[int, int], r
         cost = cost.reshape(bsz, s, grid[0], px_per_cell, grid[1], px_per_cell).mean(dim=(3, 5))
     else:
         cost = (
-            sum(cost[..., i::px_per_cell, j::px_per_cell] for i in range(px_per_cell) for j in range(px_per_cell))
+            cast(  # a sum of tensors (typeshed's sum() may also return its start, 0)
+                Tensor,
+                sum(cost[..., i::px_per_cell, j::px_per_cell] for i in range(px_per_cell) for j in range(px_per_cell)),
+            )
             / px_per_cell**2
         )  # [B, S, gh, gw]
     # a 3x3-cell support window gives each cell enough texture to match
@@ -279,7 +284,9 @@ def backward_warp(maps: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     return warped, valid.to(maps.dtype)[:, None]
 
 
-def blend(tex: Tensor, valid: Tensor, current: Tensor, dt: Tensor, tau_s: float, boost: float) -> tuple[Tensor, Tensor]:
+def blend(
+    tex: Tensor, valid: Tensor, current: Tensor, dt: Tensor, tau_s: float, boost: float | Tensor
+) -> tuple[Tensor, Tensor]:
     """Blend the current map into the warped cache; boost the output by motion.
 
     C_t = d * warp(C_{t-1}) + (1 - d) * R_now with d = exp(-dt / tau), invalid or fresh cells taking R_now;
@@ -290,6 +297,7 @@ def blend(tex: Tensor, valid: Tensor, current: Tensor, dt: Tensor, tau_s: float,
     Args:
         tex: [B, C, gh, gw] texture. valid: [B, 1, gh, gw], 0 where the cache has no history (outside the frame,
             or a fresh state). current: [B, 1, gh, gw] R_now in [0, 1]. dt: [B] seconds.
+        boost: the motion boost in [0, 1], one value or per cell [B, 1, gh, gw].
 
     Returns:
         cache [B, 1, gh, gw] (the next state, unboosted), relevance [B, 1, gh, gw] in [0, 1].

@@ -206,7 +206,7 @@ class FrameResult:
             valid=np.asarray(k["valid"], dtype=bool),
             budgets=np.asarray(k["budgets"], dtype=np.int32),
             lod=np.asarray(k["lod"], dtype=np.int32),
-            boxes=cell_boxes(indices, grid, size),  # type: ignore[arg-type]
+            boxes=cell_boxes(indices, grid, size),
             windows=np.asarray(k["windows"], dtype=np.int32).reshape(-1, 4),
             cut=d["cut"],
             scene_score=_number(d["scene_score"]),
@@ -215,7 +215,7 @@ class FrameResult:
             query_ignored=tuple(d.get("query_ignored", ())),
             timings=dict(d["timings"]),
             reset=d["reset"],
-            source_size=size,  # type: ignore[arg-type]
+            source_size=size,
             gap=d.get("gap", 0.0),
             dropped=d.get("dropped", 0),  # absent from files of the first writer
             keyframe=d.get("keyframe"),

@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 
 
 class Sink(Protocol):
-    def write(self, result: FrameResult, frame: Frame | np.ndarray | None) -> None: ...
+    def write(self, result: FrameResult, frame: Frame | np.ndarray) -> None: ...  # the frame of the result
 
     def close(self) -> None: ...
 

@@ -12,7 +12,7 @@ Conventions:
       (the same sign as the library's flow, DESIGN.md section 6).
     * ``Clip.cuts`` lists the index of the first frame of each new shot; a slow fade is not a cut.
 
-Example:
+Examples:
     >>> clip = moving_object("red", n_frames=8)
     >>> clip.frames[0].shape, clip.masks[0].dtype, clip.query
     ((256, 256, 3), dtype('bool'), 'where is the red ball?')
@@ -171,7 +171,9 @@ def _path(rng: np.random.Generator, n_frames: int, lo: np.ndarray, hi: np.ndarra
     return lo + span - np.abs(np.mod(raw, 2 * span) - span)  # triangle wave = reflection off the sides
 
 
-def _paint(backgrounds: list[np.ndarray], objects: list[tuple[tuple[int, int, int], np.ndarray, float]]):
+def _paint(
+    backgrounds: list[np.ndarray], objects: list[tuple[tuple[int, int, int], np.ndarray, float]]
+) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Paint discs on per-frame backgrounds.
 
     Args:
@@ -183,7 +185,8 @@ def _paint(backgrounds: list[np.ndarray], objects: list[tuple[tuple[int, int, in
     """
     h, w = backgrounds[0].shape[:2]
     yy, xx = np.ogrid[:h, :w]
-    frames, masks = [], [[] for _ in objects]
+    frames: list[np.ndarray] = []
+    masks: list[list[np.ndarray]] = [[] for _ in objects]
     for t, background in enumerate(backgrounds):
         frame = background.copy()
         discs = [(yy - c[t, 0]) ** 2 + (xx - c[t, 1]) ** 2 <= r * r for _, c, r in objects]
@@ -253,7 +256,8 @@ def two_objects(
     objects = [(rgb, _path(rng, n_frames, lo, hi, rng.uniform(3.5, 5.5)), r) for rgb, (lo, hi) in zip(rgbs, boxes)]
     frames, masks = _paint([_background(photo, size, rgbs)] * n_frames, objects)
     described = f"{colours[0]} and {colours[1]} discs moving over {photo}"
-    return tuple(Clip(frames, fps, m, query=_query(c), description=described) for c, m in zip(colours, masks))
+    first, second = (Clip(frames, fps, m, query=_query(c), description=described) for c, m in zip(colours, masks))
+    return first, second
 
 
 def text_region(

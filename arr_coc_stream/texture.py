@@ -9,6 +9,7 @@ TensorRT version (no DFT, no cubic or antialiased resize).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ def saliency_map(rgb: Tensor, cell_px: int) -> Tensor:
     """
     r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
     feats = torch.cat([luminance(rgb), r - g, b - 0.5 * (r + g)], dim=1)  # [B, 3, H, W]
-    total = 0.0
+    total: Tensor | float = 0.0
     for pool in (cell_px // 2, cell_px):
         centre = to_grid(feats, pool)
         # separable 9x9 mean, edges replicated: 18 taps instead of 81
@@ -206,7 +207,7 @@ def saliency_map(rgb: Tensor, cell_px: int) -> Tensor:
         surround = F.avg_pool2d(F.pad(surround, (0, 0, 4, 4), mode="replicate"), (9, 1), stride=1)
         cs = (centre - surround).abs().sum(dim=1, keepdim=True)
         total = total + to_grid(cs, cell_px // pool)
-    return torch.tanh(total / SALIENCY_SCALE)
+    return torch.tanh(cast(Tensor, total) / SALIENCY_SCALE)  # a tensor: the loop ran
 
 
 def edge_distance(edge: Tensor) -> Tensor:
@@ -397,6 +398,10 @@ def motion_channel(luma: Tensor, prev_luma: Tensor, fresh: Tensor, cell_px: int)
 
 class Texture(nn.Module):
     """Module twin of :func:`texture` holding the grid constants as buffers."""
+
+    # the buffers (registered in __init__), declared for the type checker
+    pos: Tensor
+    ecc: Tensor
 
     def __init__(self, grid: tuple[int, int], cell_px: int, clusters: int) -> None:
         super().__init__()

@@ -81,7 +81,7 @@ class CompatReport:
 @lru_cache(maxsize=1)
 def load_support() -> dict[str, Any]:
     """TensorRT's ONNX support table and limits, as shipped in the package data."""
-    return json.loads(resources.files("arr_coc_stream").joinpath("data", SUPPORT_FILE).read_text())
+    return json.loads((resources.files("arr_coc_stream") / "data" / SUPPORT_FILE).read_text())
 
 
 def check_tensorrt_compat(model: onnx.ModelProto | str | os.PathLike[str]) -> CompatReport:

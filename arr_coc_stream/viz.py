@@ -10,7 +10,7 @@ when the process is killed. :func:`plot_timeline` (matplotlib, imported
 only when called) draws per-frame total budget, mean relevance, scene score with the detected cuts, and the share
 of cells selected; :class:`TimelineSink` collects those numbers while a stream runs and plots them at the end.
 
-Example:
+Examples:
     >>> import arr_coc_stream
     >>> arr_coc_stream.run("clip.mp4", query="red", overlay="overlay.mp4", plot="timeline.png")  # doctest: +SKIP
 """
@@ -451,7 +451,7 @@ class TimelineSink:
     ) -> None:
         _pyplot_free_figure()
         self.path, self.title = Path(path), title
-        self._options = {"cut_threshold": cut_threshold, "budget_cap": budget_cap}
+        self._cut_threshold, self._budget_cap = cut_threshold, budget_cap
         self._rows: list[tuple[float, ...]] = []
         self._closed = False
 
@@ -468,6 +468,12 @@ class TimelineSink:
             return
         self._closed = True
         try:
-            plot_timeline(_series(self._rows), self.path, title=self.title, **self._options)
+            plot_timeline(
+                _series(self._rows),
+                self.path,
+                title=self.title,
+                cut_threshold=self._cut_threshold,
+                budget_cap=self._budget_cap,
+            )
         except OSError as e:
             raise OutputError(f"cannot write the timeline plot {self.path}: {e}") from e

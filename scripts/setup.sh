@@ -18,9 +18,11 @@ if ! command -v ffprobe >/dev/null && command -v apt-get >/dev/null && [ "$(id -
         || echo "setup.sh: could not install ffmpeg; the tests will check the overlay with PyAV only" >&2
 fi
 # The live-source tests: GStreamer's RTSP server, run by the system python (tests/rtsp_server.py: appsrc, the RTP
-# payloaders and an audio-only mount), and Xvfb for the demos' window. Installed only when missing, as root with
-# apt; without them those tests skip and say why (and fail under .ci/run, which sets ARR_COC_REQUIRE_LIVE=1).
-live_packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good xvfb)
+# payloaders and an audio-only mount), Xvfb for the demos' window, and Chromium for the microscope page's browser
+# test (tests/test_serve.py: Playwright drives /usr/lib/chromium/chromium; never `playwright install`, which
+# downloads a browser). Installed only when missing, as root with apt; without them those tests skip and say why
+# (and fail under .ci/run, which sets ARR_COC_REQUIRE_LIVE=1).
+live_packages=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good xvfb chromium)
 live_missing=()
 for p in "${live_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || live_missing+=("$p")
@@ -29,9 +31,9 @@ if [ ${#live_missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${live_missing[@]}" >/dev/null) \
-            || echo "setup.sh: could not install ${live_missing[*]}; the RTSP and window tests will skip" >&2
+            || echo "setup.sh: could not install ${live_missing[*]}; the RTSP, window and browser tests will skip" >&2
     else
-        echo "setup.sh: ${live_missing[*]} missing (needs root and apt-get); the RTSP and window tests will skip" >&2
+        echo "setup.sh: ${live_missing[*]} missing (needs root and apt-get); the RTSP, window and browser tests will skip" >&2
     fi
 fi
 # opencv-python (with a GUI, for the demos' window) and opencv-python-headless both install the cv2 folder: with

@@ -53,6 +53,7 @@ def _balance(
     gate: float = 0.25,
     damp: float = 0.5,
     floor: float = 0.3,
+    presence: float = 0.25,
 ) -> Tensor:
     onehot = _onehot(_quadrant_ids(p.shape[0]) if ids is None else ids)
     return balance(
@@ -66,6 +67,7 @@ def _balance(
         torch.tensor(diversify),
         torch.tensor(gate),
         torch.tensor(damp),
+        torch.tensor(presence),
         floor,
     )[0]
 
@@ -87,21 +89,26 @@ def test_query_lifts_matched_cells_by_their_share_of_headroom() -> None:
     for share in (0.25, 0.75):
         out = _balance(p, s, q, [1.0, 1.0], query_share=share)
         assert torch.allclose(out[:, 1, 2], base[:, 1, 2] + share * (1.0 - base[:, 1, 2]), atol=1e-6)
-    # a partial match lifts by the square root of the gated share, g = (q - gate) / (1 - gate) (no tempering:
+    # a partial match lifts by the square root of its gated match relative to the frame's best (no tempering:
     # damp=0): faint but real matches rise above the unmatched rest
-    q[:, 1, 2] = 0.5  # g = 1/3
+    q[:, 1, 2], q[:, 3, 3] = 0.5, 0.625  # gated (q - gate) / (1 - gate): 1/3 and 1/2, so g = 2/3 and 1
     out = _balance(p, s, q, [1.0, 1.0], query_share=0.75, gate=0.25, damp=0.0)
-    assert torch.allclose(out[:, 1, 2], base[:, 1, 2] + 0.75 * (1 / 3) ** 0.5 * (1.0 - base[:, 1, 2]), atol=1e-6)
+    assert torch.allclose(out[:, 1, 2], base[:, 1, 2] + 0.75 * (2 / 3) ** 0.5 * (1.0 - base[:, 1, 2]), atol=1e-6)
+    # the frame's best match gets the full lift, whatever its absolute value (real colours are rarely pure)
+    assert torch.allclose(out[:, 3, 3], base[:, 3, 3] + 0.75 * (1.0 - base[:, 3, 3]), atol=1e-6)
 
 
-def test_query_match_and_confidence() -> None:
-    q = torch.zeros(3, GH, GW)
-    q[0, 1, 1] = 0.625  # gate 0.25: g = 0.5
+def test_query_match_held_and_confidence() -> None:
+    q = torch.zeros(4, GH, GW)
+    q[0, 1, 1], q[0, 2, 2] = 0.625, 0.4375  # gate 0.25: gated 0.5 and 0.25, relative 1 and 0.5
     q[1] = 0.2  # under the gate everywhere: no match
-    g, confidence = query_match(q, torch.tensor([1.0, 1.0, 0.0]), torch.tensor(0.25))
-    assert torch.allclose(g[0, 1, 1], torch.tensor(0.5)) and float(g[0].sum()) == pytest.approx(0.5)
-    assert torch.all(g[1:] == 0.0)
-    assert confidence.tolist() == pytest.approx([0.5, 0.0, 1.0])  # the stream without a query keeps full budgets
+    q[3, 0, 0] = 0.3  # a faint best match: gated 1/15
+    g, held, confidence = query_match(q, torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor(0.25), torch.tensor(0.2))
+    assert torch.allclose(g[0, 1, 1], torch.tensor(1.0)) and torch.allclose(g[0, 2, 2], torch.tensor(0.5))
+    assert float(g[0].sum()) == pytest.approx(1.5) and torch.all(g[1:3] == 0.0) and float(g[3, 0, 0]) == 1.0
+    # held: the best gated match over query_presence, capped at 1; confidence: the absolute best match
+    assert held.tolist() == pytest.approx([1.0, 0.0, 0.0, (1 / 15) / 0.2])
+    assert confidence.tolist() == pytest.approx([0.5, 0.0, 1.0, 1 / 15])  # no query: full budgets
 
 
 def test_a_query_matching_nothing_leaves_the_map_exactly() -> None:
@@ -126,6 +133,21 @@ def test_the_rest_is_tempered_towards_the_floor_never_below() -> None:
     assert torch.all(out[:, 0, 0] > base[:, 0, 0])
     # without damping the rest is untouched
     assert torch.equal(_balance(p, s, q, [1.0, 1.0], damp=0.0, floor=floor)[rest], base[rest])
+    # a frame that holds the query only faintly (best gated match 0.1, presence 0.25: held 0.4) tempers less
+    q[:, 0, 0] = 0.325  # gate 0.25: gated 0.1
+    faint = _balance(p, s, q, [1.0, 1.0], damp=0.5, floor=floor)
+    assert torch.allclose(faint[above], base[above] - 0.4 * 0.5 * (base[above] - floor), atol=1e-6)
+
+
+def test_temper_is_what_the_rest_keeps_and_one_without_a_query() -> None:
+    p, s, q = _maps(10)
+    onehot, args = _onehot(_quadrant_ids()), [torch.tensor(v) for v in (0.5, 0.75, 0.0, 0.25, 0.6, 0.25)]
+    _, _, temper = balance(p, s, q, torch.tensor([0.0, 0.0]), onehot, *args, 0.3)
+    assert torch.equal(temper, torch.ones_like(p))
+    q = torch.zeros_like(p)
+    q[:, 2, 1] = 1.0
+    _, _, temper = balance(p, s, q, torch.tensor([1.0, 1.0]), onehot, *args, 0.3)
+    assert torch.all(temper[:, 2, 1] == 1.0) and torch.allclose(temper.sum((1, 2)), torch.tensor(1.0 + 15 * 0.4))
 
 
 def test_particularize_weighs_structure_against_salience() -> None:
@@ -137,9 +159,9 @@ def test_particularize_weighs_structure_against_salience() -> None:
 
 
 def test_diversify_lifts_only_each_clusters_best_cell() -> None:
-    p, s, q = _maps(3, scale=0.8)  # room below 1 for the bonus
-    plain = _balance(p, s, q, [1.0, 0.0])
-    lifted = _balance(p, s, q, [1.0, 0.0], diversify=0.15)
+    p, s, q = _maps(3, scale=0.6)  # room below 1 for the bonus, the query's best cell included
+    plain = _balance(p, s, q, [1.0, 0.0], query_share=0.5)
+    lifted = _balance(p, s, q, [1.0, 0.0], query_share=0.5, diversify=0.15)
     delta = lifted - plain
     ids = _quadrant_ids()
     for b in range(2):
@@ -186,7 +208,14 @@ def test_balancing_module_matches_function() -> None:
     p, s, q = _maps(7)
     query_on = torch.tensor([1.0, 0.0])
     module = Balancing(
-        particularize=0.3, query_share=0.6, diversify=0.2, query_gate=0.2, query_damp=0.4, floor=0.35, clusters=K
+        particularize=0.3,
+        query_share=0.6,
+        diversify=0.2,
+        query_gate=0.2,
+        query_damp=0.4,
+        query_presence=0.3,
+        floor=0.35,
+        clusters=K,
     )
     expected = balance(
         p,
@@ -199,10 +228,11 @@ def test_balancing_module_matches_function() -> None:
         torch.tensor(0.2),
         torch.tensor(0.2),
         torch.tensor(0.4),
+        torch.tensor(0.3),
         0.35,
     )
-    out, confidence = module(tex, p, s, q, query_on)
-    assert torch.equal(out, expected[0]) and torch.equal(confidence, expected[1])
+    out, confidence, temper = module(tex, p, s, q, query_on)
+    assert torch.equal(out, expected[0]) and torch.equal(confidence, expected[1]) and torch.equal(temper, expected[2])
     expected = expected[0]
     assert torch.allclose(
         expected,
@@ -218,6 +248,7 @@ def test_balancing_module_matches_function() -> None:
             gate=0.2,
             damp=0.4,
             floor=0.35,
+            presence=0.3,
         ),
     )
     assert not any(param.requires_grad for param in module.parameters())

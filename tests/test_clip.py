@@ -374,11 +374,11 @@ def test_one_graph_serves_two_queries(exported: ExportedModel, tiny_clip: Path, 
         return runner(
             {
                 "frame": work[i].expand(b, -1, -1, -1),
-                "dt": torch.full((b,), 1 / 25),
-                "reset": torch.full((b,), i == 0),
+                "dt": torch.full((b, 1), 1 / 25),
+                "reset": torch.full((b, 1), i == 0),
                 "text_emb": text[rows],
                 "clip_feat": feats[i].expand(b, -1, -1, -1),
-                "clip_key": torch.full((b,), i in (0, 2)),
+                "clip_key": torch.full((b, 1), i in (0, 2)),
                 **{s.in_name: state[s.name] for s in spec.states},
             }
         )

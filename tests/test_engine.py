@@ -200,6 +200,9 @@ def test_bad_input_raises_typed_errors_naming_the_problem(tmp_path: Path) -> Non
         acs.run(frames, k=2000)
     with pytest.raises(acs.ConfigError, match="unknown option"):
         acs.run(frames, kk=3)
+    # the cut detector's 8x8 layout of the quarter-resolution frame: 9 x 8 px = 72 px would fail inside the graph
+    with pytest.raises(acs.ConfigError, match=r"multiple of 32 px on both sides, got grid \(9, 8\) x 8 px"):
+        acs.run(frames, grid=(9, 8))
     with pytest.raises(ValueError):  # typed errors are also the standard types
         acs.Engine(acs.EngineConfig(grid=(8, 8), k=65))
 

@@ -161,8 +161,8 @@ def test_step_parity_on_real_clips(exported: ExportedModel, clip: str, query: st
             last = frame.time
             inputs = {
                 "frame": torch.from_numpy(frame.rgb)[None],
-                "dt": torch.tensor([dt], dtype=torch.float32),
-                "reset": torch.tensor([i == 0]),
+                "dt": torch.tensor([[dt]], dtype=torch.float32),
+                "reset": torch.tensor([[i == 0]]),
                 **query_inputs,
                 **{s.in_name: state[s.name] for s in spec.states},
             }
@@ -206,8 +206,8 @@ def test_one_file_serves_two_queries_and_two_streams_in_one_batch(exported: Expo
         batch = frame.shape[0]
         return {
             "frame": frame,
-            "dt": torch.full((batch,), 0.04),
-            "reset": torch.full((batch,), step == 0),
+            "dt": torch.full((batch, 1), 0.04),
+            "reset": torch.full((batch, 1), step == 0),
             **head.stack(qs),
             **{s.in_name: state[s.name] for s in spec.states},
         }
@@ -437,3 +437,14 @@ def test_bench_times_both_backends_side_by_side(exported: ExportedModel, capsys:
     out = capsys.readouterr().out
     assert "| ms per frame | torch | onnxruntime |" in out
     assert "per-frame graph" in out and "graph (onnxruntime)" in out and "CPUExecutionProvider" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("committed", sorted((ROOT / "models").glob("*.onnx")), ids=lambda p: p.name)
+def test_committed_models_are_current(committed: Path, tmp_path: Path) -> None:
+    """models/ cannot go stale: each committed file is re-exported from its own metadata and must come out
+    byte-identical (the export is deterministic), its .json too. A graph change without a re-export fails here."""
+    model = read_model(committed)
+    fresh = acs.export_onnx(model.resolve(None, {}), tmp_path / committed.name, batch_max=model.batch_max)
+    assert fresh.path.read_bytes() == committed.read_bytes(), f"{committed} is stale: python export/export_onnx.py"
+    assert fresh.metadata_path.read_text() == committed.with_suffix(".json").read_text()

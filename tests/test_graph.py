@@ -56,7 +56,7 @@ class BandHead(QueryHead):
         return (TensorSpec("query_map", self.config.grid, "float32", "1 on the queried rows"),)
 
     def states(self) -> tuple[StateSpec, ...]:
-        return (StateSpec("frames_seen", (), "float32", "frames since the engine started"),)
+        return (StateSpec("frames_seen", (1,), "float32", "frames since the engine started"),)
 
     def scorer(self) -> BandScorer:
         return BandScorer()
@@ -162,7 +162,11 @@ def test_spec_names_every_input_state_and_output_once() -> None:
     )
     assert GraphSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(acs.ModelError, match="more than once"):
-        GraphSpec(inputs=(TensorSpec("x_in", (), "float32"),), states=(StateSpec("x", (), "float32"),))
+        GraphSpec(inputs=(TensorSpec("x_in", (1,), "float32"),), states=(StateSpec("x", (1,), "float32"),))
+    with pytest.raises(acs.ModelError, match="a per-stream scalar is"):
+        StateSpec("count", (), "float32")  # Triton cannot declare an implicit state without dims
+    assert all(t.shape for t in (*spec.inputs, *spec.states, *spec.outputs)), "every tensor is at least [B, 1]"
+    assert spec.inputs[2].name == "reset" and spec.inputs[2].shape == (1,), "Triton's START control is [B, 1]"
     with pytest.raises(acs.ModelError, match="needs the inputs"):
         spec.ordered({"frame": torch.zeros(1)})
     assert spec.differences(spec) == []
@@ -181,8 +185,8 @@ def test_outputs_match_the_spec_and_a_rerun_has_no_side_effects() -> None:
         for i, frame in enumerate(frames):
             x = {
                 "frame": torch.from_numpy(frame)[None],
-                "dt": torch.tensor([0.04]),
-                "reset": torch.tensor([i == 0]),
+                "dt": torch.tensor([[0.04]]),
+                "reset": torch.tensor([[i == 0]]),
                 **head.stack([head.encode("red")]),
                 **{s.in_name: state[s.name] for s in spec.states},
             }
@@ -207,8 +211,8 @@ def test_two_streams_in_one_batch_match_each_alone() -> None:
         for i, frame in enumerate(frames):
             x = {
                 "frame": frame,
-                "dt": torch.full((batch,), 0.04),
-                "reset": torch.full((batch,), i == 0),
+                "dt": torch.full((batch, 1), 0.04),
+                "reset": torch.full((batch, 1), i == 0),
                 **head.stack(qs),
                 **{s.in_name: state[s.name] for s in spec.states},
             }
@@ -243,8 +247,8 @@ def test_warped_cache_matches_the_current_relevance_better_than_unwarped() -> No
     def step(frame: np.ndarray, state: dict[str, torch.Tensor], reset: bool) -> dict[str, torch.Tensor]:
         x = {
             "frame": torch.from_numpy(frame)[None],
-            "dt": torch.tensor([0.04]),
-            "reset": torch.tensor([reset]),
+            "dt": torch.tensor([[0.04]]),
+            "reset": torch.tensor([[reset]]),
             **head.stack([head.encode(None)]),
             **{s.in_name: state[s.name] for s in spec.states},
         }
@@ -317,6 +321,7 @@ def _readers() -> dict[str, object]:
             torch.tensor(0.1),
             torch.tensor(0.25),
             torch.tensor(0.5),
+            torch.tensor(0.25),
             0.3,
         )[0],
         "realizing.post": lambda tex: torch.cat(realizing.blend(tex, valid, current[:, None], dt, 0.1, 0.3)),

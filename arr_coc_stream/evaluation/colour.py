@@ -22,7 +22,7 @@ Naming every pixel of a 720p frame by a nearest-neighbour search is slow, so RGB
 channel (4 codes per bin, the bin centre stands for it) and each bin's naming and hue words are computed once
 (:func:`pixel_table`, cached).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> frame = np.zeros((64, 64, 3), np.uint8); frame[:, :32] = (79, 112, 166); frame[:, 32:] = (77, 140, 38)
     >>> truth = cell_truth(frame, (4, 4))
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 from skimage.color import rgb2hsv, rgb2lab
@@ -99,8 +100,9 @@ def xkcd_colours() -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """
     from matplotlib._color_data import XKCD_COLORS  # the plot/dev extra; only the evaluation needs it
 
-    names = tuple(k.removeprefix("xkcd:") for k in XKCD_COLORS)
-    rgb = np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in XKCD_COLORS.values()], np.float64) / 255.0
+    xkcd = cast("dict[str, str]", XKCD_COLORS)  # "#rrggbb" strings (matplotlib types its colour tables widely)
+    names = tuple(k.removeprefix("xkcd:") for k in xkcd)
+    rgb = np.array([[int(h[i : i + 2], 16) for i in (1, 3, 5)] for h in xkcd.values()], np.float64) / 255.0
     word = np.array([WORDS.index(t) if (t := basic_term(n)) else AMBIGUOUS for n in names], np.int64)
     return names, rgb2lab(rgb[None])[0], word
 
@@ -455,12 +457,13 @@ class EngineRun:
     terms: tuple[str, ...]
 
 
-def engine_run(clip: EvalClip, query: str | None, **options: object) -> EngineRun:
+def engine_run(clip: EvalClip, query: str | None, **options: Any) -> EngineRun:
     """Run the engine (public API, ``arr_coc_stream.stream``) over a clip's frames once."""
     from arr_coc_stream import stream
     from arr_coc_stream.sources import IterableSource
 
-    relevance, selected, tokens, terms = [], [], [], ()
+    relevance, selected, tokens = [], [], []
+    terms: tuple[str, ...] = ()
     # The frames are already at the work size; IterableSource carries the clip's real frame rate into the times.
     for r in stream(IterableSource(clip.frames, fps=clip.fps), query, **options):
         relevance.append(r.relevance)
@@ -470,7 +473,7 @@ def engine_run(clip: EvalClip, query: str | None, **options: object) -> EngineRu
     return EngineRun(np.stack(relevance), np.stack(selected), np.asarray(tokens, np.int64), tuple(terms))
 
 
-def word_row(clip: EvalClip, w: int, run: EngineRun, free: EngineRun, fit: int) -> dict[str, object]:
+def word_row(clip: EvalClip, w: int, run: EngineRun, free: EngineRun, fit: int) -> dict[str, Any]:
     """One row of the table: truth counts, and the metrics of colour word ``WORDS[w]`` on ``clip``.
 
     Args:
@@ -486,7 +489,7 @@ def word_row(clip: EvalClip, w: int, run: EngineRun, free: EngineRun, fit: int) 
         if per_frame.any()
         else "absent"
     )
-    row: dict[str, object] = {
+    row: dict[str, Any] = {
         "clip": clip.name,
         "word": WORDS[w],
         "status": status,
@@ -523,8 +526,8 @@ def colour_rows(
     words: tuple[str, ...] = WORDS,
     max_frames: int | None = None,
     threads: int | None = 1,
-    **options: object,
-) -> list[dict[str, object]]:
+    **options: Any,
+) -> list[dict[str, Any]]:
     """Evaluate the colour words on every clip: one row per (clip, word).
 
     The engine runs once per clip with no query and once per word, on every frame of the clip (long videos
@@ -584,7 +587,7 @@ def colour_rows(
     return rows
 
 
-def format_rows(rows: list[dict[str, object]]) -> str:
+def format_rows(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (metrics of trace and absent words shown as ``-``)."""
 
     def fmt(v: object, spec: str = ".3f") -> str:
@@ -634,7 +637,7 @@ def format_rows(rows: list[dict[str, object]]) -> str:
 MIN_AUC, MIN_RECALL = 0.95, 0.9
 
 
-def summary(rows: list[dict[str, object]]) -> str:
+def summary(rows: list[dict[str, Any]]) -> str:
     """What the rows say against the bar: every present word AUC >= 0.95, recall >= 0.9 (where its positives fit
     in the query-driven slots), lift > 0; every absent word no more tokens than without the query."""
     misses = []

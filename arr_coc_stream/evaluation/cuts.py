@@ -13,7 +13,7 @@ Truth comes from two places, neither of which runs the engine:
 ContentDetector and AdaptiveDetector on the same files (the montage is written once as H.264) and scores each
 with a one-frame tolerance. Needs the ``[dev]`` extra (scikit-video, scenedetect).
 
-Example:
+Examples:
     >>> from arr_coc_stream.evaluation.cuts import cut_rows
     >>> for row in cut_rows():  # doctest: +SKIP
     ...     print(row["clip"], row["detector"], row["f1"])
@@ -174,7 +174,7 @@ def _photo_frames(name: str, n: int, move: tuple[float, float, float], rng: np.r
         cx = iw / 2 + (dx * (n - 1) / 2 - dx * t) * scale0
         # output (x, y) -> photo (cx + s (x - w/2), cy + s (y - h/2))
         m = np.array([[s, 0, cx - s * w / 2], [0, s, cy - s * h / 2]], np.float32)
-        frame = cv2.warpAffine(
+        frame: np.ndarray = cv2.warpAffine(  # np.ndarray: its shape picks numpy's array overload of normal()
             image, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
         )
         out.append(frame + rng.normal(0.0, 2.0, frame.shape).astype(np.float32))

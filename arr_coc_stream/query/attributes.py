@@ -214,7 +214,7 @@ def _tokenise(query: str) -> list[str]:
 class AttributesHead(QueryHead):
     """Offline query head for colour, text, motion and position words (limits: see the module docstring).
 
-    Example:
+    Examples:
         >>> import warnings
         >>> with warnings.catch_warnings(record=True):
         ...     q = AttributesHead().encode("where is the red car?")

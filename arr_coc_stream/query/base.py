@@ -137,7 +137,7 @@ class QueryScorer(nn.Module):
         """The head's states after this frame, by state name.
 
         Args:
-            dt: [B] seconds since the previous frame. motion: [B] the frame's mean motion channel.
+            dt: [B, 1] seconds since the previous frame. motion: [B, 1] the frame's mean motion channel.
         """
         return {}
 

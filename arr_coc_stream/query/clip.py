@@ -85,7 +85,7 @@ def clip_cache(feat: Tensor, key: Tensor, cache: Tensor, flow: Tensor) -> Tensor
     value to fall back on between keyframes (the accumulated motion brings the next keyframe forward instead).
 
     Args:
-        feat: [B, D, gh, gw] features computed for this frame (read where ``key``). key: [B] bool.
+        feat: [B, D, gh, gw] features computed for this frame (read where ``key``). key: [B, 1] bool.
         cache: [B, D, gh, gw] the previous frame's features. flow: [B, 2, gh, gw] in cells per frame.
 
     Returns:
@@ -97,6 +97,11 @@ def clip_cache(feat: Tensor, key: Tensor, cache: Tensor, flow: Tensor) -> Tensor
 
 class ClipScorer(QueryScorer):
     """The clip head in the graph, with the model's basis, neutral prompts and temperature as constants."""
+
+    # the buffers (registered in __init__), declared for the type checker
+    basis: Tensor
+    neutral: Tensor
+    logit_scale: Tensor
 
     def __init__(self, text: ClipText) -> None:
         super().__init__()
@@ -139,7 +144,7 @@ class ClipHead(QueryHead):
     Attributes:
         keyframes: dense-CLIP keyframes computed so far.
 
-    Example:
+    Examples:
         >>> from arr_coc_stream.query.clip_model import save_random_clip
         >>> head = ClipHead(EngineConfig(clip_model=str(save_random_clip("/tmp/tiny_clip"))))  # doctest: +SKIP
         >>> head.encode("the person in the yellow jacket").embedding.shape  # doctest: +SKIP
@@ -173,7 +178,7 @@ class ClipHead(QueryHead):
                 "float32",
                 "this frame's dense CLIP features, unit along D; read only where clip_key is set",
             ),
-            TensorSpec("clip_key", (), "bool", "this frame is a keyframe: clip_feat holds its features"),
+            TensorSpec("clip_key", (1,), "bool", "this frame is a keyframe: clip_feat holds its features"),
         )
 
     def states(self) -> tuple[StateSpec, ...]:
@@ -184,8 +189,8 @@ class ClipHead(QueryHead):
                 "float32",
                 "the cached dense features, warped to each frame",
             ),
-            StateSpec("clip_age", (), "float32", "seconds since the keyframe"),
-            StateSpec("clip_motion", (), "float32", "mean motion accumulated since the keyframe"),
+            StateSpec("clip_age", (1,), "float32", "seconds since the keyframe"),
+            StateSpec("clip_motion", (1,), "float32", "mean motion accumulated since the keyframe"),
         )
 
     def scorer(self) -> ClipScorer:
@@ -238,7 +243,7 @@ class ClipHead(QueryHead):
         if device not in self._idle:
             self._idle[device] = {
                 "clip_feat": torch.zeros((1, self.model.dim, *self.config.grid), device=device),
-                "clip_key": torch.tensor([False], device=device),
+                "clip_key": torch.tensor([[False]], device=device),
             }
         return self._idle[device]
 
@@ -256,7 +261,7 @@ class ClipHead(QueryHead):
         feat = companions["clip"]({"image": torch.from_numpy(np.ascontiguousarray(image))[None]})["clip_feat"]
         self.keyframes += 1
         timings["clip"] = timings.get("clip", 0.0) + 1000.0 * (time.perf_counter() - t0)
-        return {"clip_feat": feat, "clip_key": torch.tensor([True])}
+        return {"clip_feat": feat, "clip_key": torch.tensor([[True]])}
 
     def input_size(self) -> tuple[int, int]:
         return self.keyframe_size

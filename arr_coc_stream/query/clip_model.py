@@ -30,6 +30,7 @@ import math
 import os
 import pickle
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -98,7 +99,7 @@ class ClipText:
         data = np.round(torch.cat([self.basis, self.neutral]).numpy().astype(np.float64), 4) + 0.0
         return hashlib.sha256(data.tobytes()).hexdigest()[:16]
 
-    def matches(self, meta: dict[str, Any]) -> bool:
+    def matches(self, meta: Mapping[str, Any]) -> bool:
         """Whether an exported graph's ``clip`` metadata was made with these constants."""
         if meta.get("dim") != self.dim:
             return False
@@ -119,7 +120,12 @@ class ClipModel:
     """
 
     def __init__(
-        self, name: str, model: nn.Module, tokenizer: Any, image_mean: tuple[float, ...], image_std: tuple[float, ...]
+        self,
+        name: str,
+        model: Any,  # transformers' CLIPModel: its config and submodules are beyond nn.Module's types
+        tokenizer: Any,
+        image_mean: tuple[float, ...],
+        image_std: tuple[float, ...],
     ) -> None:
         self.name = name
         self.model = model.eval().requires_grad_(False)
@@ -255,9 +261,14 @@ class DenseClip(nn.Module):
         image [B, H, W, 3] uint8 RGB -> clip_feat [B, D, gh, gw] float32, unit vectors along D.
     """
 
+    # the buffers (registered in __init__), declared for the type checker
+    positions: Tensor
+    mean: Tensor
+    std: Tensor
+
     def __init__(
         self,
-        vision: nn.Module,
+        vision: Any,  # transformers' CLIPVisionTransformer: its submodules are beyond nn.Module's types
         projection: nn.Module,
         image_mean: tuple[float, ...],
         image_std: tuple[float, ...],
@@ -308,7 +319,7 @@ class DenseClip(nn.Module):
         return f
 
 
-def _attention(attn: nn.Module, x: Tensor) -> Tensor:
+def _attention(attn: Any, x: Tensor) -> Tensor:  # attn: transformers' CLIPAttention (as DenseClip's vision)
     """CLIP's multi-head self-attention from its projections (plain MatMul/Softmax: exports to any runtime).
 
     Shape:
@@ -388,7 +399,7 @@ def save_random_clip(
         ``path``.
     """
     import transformers
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer, CLIPVisionConfig
 
     # the PIL image processor where transformers has one: the default one wants torchvision (only its statistics
     # are used here: the keyframe module normalises the frames itself)
@@ -423,6 +434,7 @@ def save_random_clip(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()
+    assert isinstance(config.vision_config, CLIPVisionConfig)  # CLIPConfig made it from the dict
     side = config.vision_config.image_size
     processor = CLIPProcessor(
         image_processor=image_processor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),

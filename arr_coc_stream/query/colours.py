@@ -161,7 +161,7 @@ def _heads() -> list[str]:
 def colour_term(words: list[str]) -> tuple[str, str] | None:
     """The colour term that ``words`` name, as (modifiers, family), or None when they name no colour.
 
-    Example:
+    Examples:
         >>> colour_term(["dark", "green"]), colour_term(["lightskyblue"]), colour_term(["car"])
         (('dark', 'green'), ('lightsky', 'blue'), None)
     """

@@ -19,7 +19,7 @@ Files:
 The modules import one another only downwards (base and handoff at the bottom, this file at the top), never
 this file, so none imports a module that imports it back.
 
-Example:
+Examples:
     >>> from arr_coc_stream.sources import open_source
     >>> with open_source("clip.mp4", size=(256, 256)) as src:  # doctest: +SKIP
     ...     for frame in src:
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 # cv2 before av (file.py and network.py import av): the other order can hang cv2.imshow (DESIGN.md section 11).
 # Importing any submodule runs this file first, so the order holds however the package is entered.
@@ -78,7 +78,7 @@ def _is_camera(source: Any) -> bool:
     )
 
 
-def _is_stream(source: Any) -> bool:
+def _is_stream(source: Any) -> TypeGuard[str]:
     return isinstance(source, str) and source.lower().startswith(LIVE_SCHEMES)
 
 

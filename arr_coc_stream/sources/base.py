@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,7 +145,7 @@ class ThreadedSource(Source):
         self._started = self._closed = False
 
     @abstractmethod
-    def _produce(self) -> Iterator[Frame]:
+    def _produce(self) -> Generator[Frame, None, None]:
         """Yield the frames in order (on the worker thread, or inline); stop early when ``self._stop`` is set."""
 
     @abstractmethod

@@ -1,7 +1,7 @@
 """Cameras through OpenCV: :class:`CameraSource` reads anything ``cv2.VideoCapture`` opens (an index, a
 ``/dev/video*`` path, a URL, or a file read the way a camera is).
 
-Example:
+Examples:
     >>> from arr_coc_stream.sources import CameraSource, LiveConfig
     >>> with CameraSource(0, size=(256, 256), config=LiveConfig(pacing="latest_frame")) as cam:  # doctest: +SKIP
     ...     frame = next(iter(cam))  # the newest frame: rgb (256, 256, 3) uint8

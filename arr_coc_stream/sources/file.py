@@ -2,7 +2,7 @@
 (a decoded frame to resized, rotated RGB arrays; the network source uses it too) and :func:`probe_decode_fps`
 (decode-only throughput, the benchmark's reference).
 
-Example:
+Examples:
     >>> with VideoFileSource("clip.mp4", size=(256, 256)) as src:  # doctest: +SKIP
     ...     for frame in src:
     ...         print(frame.index, frame.time, frame.rgb.shape)  # (256, 256, 3)
@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import av
 import numpy as np
@@ -82,9 +82,10 @@ class VideoFileSource(ThreadedSource):
             stream = self._container.streams.video[0]
             stream.thread_type = "AUTO"
             self._decoded = self._decode(stream)
-            self._first = next(self._decoded, None)
-            if self._first is None:
+            first = next(self._decoded, None)
+            if first is None:
                 raise SourceError(f"{self.path!r} contains no decodable frames")
+            self._first = first
         except BaseException:
             self._container.close()
             raise
@@ -105,7 +106,7 @@ class VideoFileSource(ThreadedSource):
             live=False,
         )
 
-    def _decode(self, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    def _decode(self, stream: av.video.stream.VideoStream) -> Generator[av.VideoFrame, None, None]:
         """Yield decoded frames, skipping (and counting) packets the decoder rejects."""
         try:
             for packet in self._container.demux(stream):
@@ -119,12 +120,13 @@ class VideoFileSource(ThreadedSource):
     def _to_frame(self, vf: av.VideoFrame, index: int) -> Frame:
         rgb, full = av_frame_to_rgb(vf, self._size, self._keep_full, self._quarter_turns)
         if vf.pts is not None:
+            assert self._time_base is not None  # a stream whose frames carry timestamps has a time base
             t = float((vf.pts - self._start_pts) * self._time_base)
         else:
             t = index / (self.info.fps or DEFAULT_FPS)
         return Frame(rgb=rgb, index=index, time=t, source_size=(self.info.height, self.info.width), full=full)
 
-    def _produce(self) -> Iterator[Frame]:
+    def _produce(self) -> Generator[Frame, None, None]:
         n = 0
         for index, vf in enumerate(itertools.chain((self._first,), self._decoded)):
             yield self._to_frame(vf, index)
@@ -157,6 +159,7 @@ def av_frame_to_rgb(
     if size is None or keep_full:
         full = np.ascontiguousarray(np.rot90(vf.to_ndarray(format="rgb24"), k))
     if size is None:
+        assert full is not None  # converted above: no size
         return full, full if keep_full else None
     h, w = size if k % 2 == 0 else size[::-1]  # resize before rotating
     small = vf.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()

@@ -15,7 +15,7 @@ The producer finishes with :meth:`Handoff.end` (its exception, or None); :meth:`
 still held, then None, or re-raises the producer's exception in the consumer. Every wait is a short poll
 (:data:`POLL_S`): a stopped consumer frees the producer at once, and Ctrl-C reaches a consumer that waits.
 
-Example:
+Examples:
     >>> import threading, numpy as np
     >>> from arr_coc_stream.sources.base import Frame
     >>> a, b = (Frame(np.zeros((2, 2, 3), np.uint8), index=i, time=i / 30, source_size=(2, 2)) for i in (0, 1))

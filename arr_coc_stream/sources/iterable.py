@@ -1,6 +1,6 @@
 """Frames from any iterable of arrays: :class:`IterableSource`, read on a background thread like a file.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> with IterableSource(np.zeros((4, 60, 80, 3), np.uint8), fps=25.0, size=(30, 40)) as src:
     ...     print([(f.index, f.time, f.rgb.shape) for f in src][-1])
@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Sized
+from typing import cast
 
 import cv2
 import numpy as np
@@ -72,12 +73,12 @@ class IterableSource(ThreadedSource):
             width=w,
             height=h,
             fps=fps,
-            frames=len(frames) if hasattr(frames, "__len__") else None,
+            frames=len(cast(Sized, frames)) if hasattr(frames, "__len__") else None,
             codec=None,
             live=False,
         )
 
-    def _to_frame(self, item: np.ndarray | Frame, index: int) -> Frame:
+    def _to_frame(self, item: object, index: int) -> Frame:  # any item: checked here
         if isinstance(item, Frame):
             return item
         if not isinstance(item, np.ndarray):
@@ -98,7 +99,7 @@ class IterableSource(ThreadedSource):
             full=full if self._keep_full else None,
         )
 
-    def _produce(self) -> Iterator[Frame]:
+    def _produce(self) -> Generator[Frame, None, None]:
         first, self._first = self._first, None
         if first is not None:
             yield first

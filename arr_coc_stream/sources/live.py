@@ -31,7 +31,7 @@ Times: seconds since the first frame. Within one connection they follow the stre
 rates stay exact); across a reconnect, whose timestamps restart, they follow the wall clock. Frame indices count
 every frame read plus the frames estimated lost in gaps, so ``index`` jumps by ``dropped + 1``.
 
-Example:
+Examples:
     >>> import arr_coc_stream
     >>> from arr_coc_stream.sources import StreamSource
     >>> src = StreamSource("rtsp://127.0.0.1:8554/stream", size=(256, 256))  # doctest: +SKIP
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +151,7 @@ class LiveSource(ThreadedSource):
         """Frames replaced before the consumer took them (``latest_frame`` pacing), in all."""
         return self._handoff.replaced
 
-    def _produce(self) -> Iterator[Frame]:
+    def _produce(self) -> Generator[Frame, None, None]:
         """The reader (worker thread): read, reconnect after a drop, give each frame its index, time and gap."""
         conn, self._conn = self._conn, None
         failures = 0  # reconnection attempts since the drop (none of them brought a frame)

@@ -1,7 +1,7 @@
 """Network streams through PyAV: :class:`StreamSource` for ``rtsp://`` (``rtsps://``), ``http(s)://`` and
 ``tcp://`` URLs, its low-latency FFmpeg options, and :func:`redact` (a URL without its password).
 
-Example:
+Examples:
     >>> from arr_coc_stream.sources import LiveConfig, StreamSource
     >>> src = StreamSource("rtsp://127.0.0.1:8554/stream", size=(256, 256), transport="udp",  # doctest: +SKIP
     ...                    config=LiveConfig(pacing="every_frame"))
@@ -122,7 +122,7 @@ class StreamSource(LiveSource):
             raise SourceError(f"{self.uri}: cannot open the stream ({self._scrub(e)})") from e
         try:
             if not container.streams.video:
-                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
                 raise SourceError(f"{self.uri}: no video track (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
             stream.thread_type = "SLICE"
