@@ -641,7 +641,6 @@ def _add_ask(p: argparse.ArgumentParser) -> None:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from . import vlm  # transformers loads only for this command
     from .engine import Engine
-    from .errors import ConfigError
     from .sources import open_source
 
     if args.frames < 1 or (args.max_frames is not None and args.max_frames < 1):
